@@ -1,0 +1,3 @@
+from pgtenantproxy.cli import main
+
+raise SystemExit(main())

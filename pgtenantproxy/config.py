@@ -1,0 +1,237 @@
+"""``config.toml`` parsed into frozen dataclasses: one snapshot, validated whole.
+
+Each section is a frozen dataclass; each field's metadata carries its check and
+whether a change needs a restart. :func:`load_config` either returns a complete
+valid :class:`Config` or raises :class:`ConfigError` naming the key at fault
+(``[proxy] max_client_connections: ...``). A reload builds a new snapshot and
+swaps it in only when valid; nothing mutates a live config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Check = Callable[[Any], str | None]  # returns an error text, or None when valid
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key at fault."""
+
+
+def _opt(default: Any, check: Check | None = None, *, restart: bool = False) -> Any:
+    return field(default=default, metadata={"check": check, "restart": restart})
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or greater"
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` into (host, port)."""
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("expected host:port, for example 127.0.0.1:6432")
+    return host, int(port)
+
+
+def _listen(value: Any) -> str | None:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ProxySection:
+    listen: str = _opt("127.0.0.1:6432", _listen, restart=True)
+    max_client_connections: int = _opt(1000, _positive)
+    auth_timeout_ms: int = _opt(60000, _positive)
+    shutdown_timeout_ms: int = _opt(30000, _non_negative)
+    tls_cert: str | None = _opt(None, restart=True)
+    tls_key: str | None = _opt(None, restart=True)
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+@dataclass(frozen=True)
+class UnifiedSection:
+    host: str = _opt("127.0.0.1")
+    port: int = _opt(5432, _port)
+    database: str = _opt("handyshop")
+    sslmode: str = _opt("prefer", _one_of("disable", "prefer", "require", "verify-ca", "verify-full"))
+    sslrootcert: str | None = _opt(None)
+    connect_timeout_ms: int = _opt(10000, _positive)
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    level: str = _opt("info", _one_of("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Config:
+    proxy: ProxySection = field(default_factory=ProxySection)
+    unified: UnifiedSection = field(default_factory=UnifiedSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    source: str | None = None  # the file it came from, for messages
+
+
+SECTIONS: dict[str, type] = {
+    "proxy": ProxySection,
+    "unified": UnifiedSection,
+    "logging": LoggingSection,
+}
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raises ConfigError naming the culprit."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    try:
+        return parse_config(data, source=str(p))
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> Config:
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"[{unknown[0]}]: unknown section (known: {', '.join(SECTIONS)})")
+    built: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        table = data.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{name}]: must be a table")
+        built[name] = build_section(cls, name, table)
+    config = Config(**built, source=source)
+    _check_whole(config)
+    return config
+
+
+def build_section(cls: type, name: str, table: Mapping[str, Any]) -> Any:
+    """Build one section dataclass from a TOML table, checking every key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"[{name}] {key}: unknown key (known: {', '.join(fields)})")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"[{name}] {key}"
+        value = _coerce(value, hints[key], where)
+        check = fields[key].metadata.get("check")
+        if check is not None and value is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"{where}: {problem}, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a TOML value against the field's annotation."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(value, options[0], where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item, where) for v in value)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item, where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _check_whole(config: Config) -> None:
+    """Checks that involve more than one key."""
+    proxy = config.proxy
+    if (proxy.tls_cert is None) != (proxy.tls_key is None):
+        raise ConfigError("[proxy] tls_cert: tls_cert and tls_key must be set together")
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(proxy, key)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"[proxy] {key}: file not found: {value}")
+    if config.unified.sslmode in ("verify-ca", "verify-full") and not config.unified.sslrootcert:
+        raise ConfigError("[unified] sslrootcert: required when sslmode is verify-ca or verify-full")
+
+
+def restart_keys(old: Config, new: Config) -> list[str]:
+    """Keys whose change only takes effect after a restart."""
+    changed = []
+    for name in SECTIONS:
+        a, b = getattr(old, name), getattr(new, name)
+        for f in dataclasses.fields(a):
+            if f.metadata.get("restart") and getattr(a, f.name) != getattr(b, f.name):
+                changed.append(f"[{name}] {f.name}")
+    return changed

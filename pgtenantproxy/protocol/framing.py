@@ -1,0 +1,236 @@
+"""Message boundaries on a byte stream, with no I/O.
+
+Three readers, all fed with ``feed(data)``:
+
+* :class:`StartupReader` reads the untyped first packet of a connection
+  (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest) and enforces
+  PostgreSQL's startup packet size limits.
+* :class:`MessageReader` reads whole typed messages (type byte, int32 length,
+  body) for the handshake phase, where the proxy looks at every message.
+* :class:`FrameScanner` is the relay hot path: it only *finds* boundaries,
+  skipping the bodies of messages it is not asked to watch (the caller forwards
+  the original bytes untouched) and returning the bodies of those it is.
+
+Invariants: nothing here raises anything but :class:`ProtocolViolation` on bad
+input; a frame split at any offset across ``feed`` calls yields the same
+messages as the frame fed whole.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from pgtenantproxy.protocol import constants as c
+from pgtenantproxy.protocol.errors import ProtocolViolation
+from pgtenantproxy.protocol.messages import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+)
+
+_uint32 = struct.Struct("!I").unpack_from
+_int32 = struct.Struct("!i").unpack_from
+
+StartupPacket = StartupMessage | SSLRequest | GSSENCRequest | CancelRequest
+
+
+class Message(NamedTuple):
+    """A typed protocol message: its type byte and its body (length excluded)."""
+
+    type: int
+    body: bytes
+
+    def raw(self) -> bytes:
+        """The message as it travels on the wire."""
+        return bytes((self.type,)) + struct.pack("!I", len(self.body) + 4) + self.body
+
+
+class StartupReader:
+    """Reads the one untyped packet a connection starts with."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_packet(self) -> StartupPacket | None:
+        """The next packet, or None until enough bytes have arrived."""
+        if len(self._buf) < 4:
+            return None
+        (length,) = _int32(self._buf, 0)
+        if length < 8 or length > c.MAX_STARTUP_PACKET_LENGTH:
+            raise ProtocolViolation("invalid length of startup packet")
+        if len(self._buf) < length:
+            return None
+        packet = bytes(self._buf[:length])
+        del self._buf[:length]
+        return parse_startup_packet(packet)
+
+    def leftover(self) -> bytes:
+        """Bytes received after the packet (pipelined data, or a TLS ClientHello)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+
+def parse_startup_packet(packet: bytes) -> StartupPacket:
+    """Classify and parse a complete startup packet (length prefix included)."""
+    (code,) = _uint32(packet, 4)
+    if code == c.SSL_REQUEST_CODE and len(packet) == 8:
+        return SSLRequest()
+    if code == c.GSSENC_REQUEST_CODE and len(packet) == 8:
+        return GSSENCRequest()
+    if code == c.CANCEL_REQUEST_CODE:
+        return CancelRequest.parse(packet)
+    return StartupMessage.parse(packet)
+
+
+class MessageReader:
+    """Reads whole typed messages; used while the proxy inspects every message.
+
+    ``limits`` maps each accepted type to its longest body; with ``limits=None``
+    any type is accepted up to ``default_limit`` (the server side, which the
+    proxy trusts to speak the protocol).
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[int, int] | None = None,
+        *,
+        default_limit: int = c.LARGE_MESSAGE_LIMIT,
+    ) -> None:
+        self._buf = bytearray()
+        self._limits = limits
+        self._default_limit = default_limit
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_message(self) -> Message | None:
+        if len(self._buf) < 5:
+            return None
+        mtype = self._buf[0]
+        (length,) = _int32(self._buf, 1)
+        check_frame(mtype, length, self._limits, self._default_limit)
+        if len(self._buf) < length + 1:
+            return None
+        body = bytes(self._buf[5 : length + 1])
+        del self._buf[: length + 1]
+        return Message(mtype, body)
+
+    def leftover(self) -> bytes:
+        """Bytes not yet consumed as messages (handed to the relay phase)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+
+def check_frame(
+    mtype: int, length: int, limits: Mapping[int, int] | None, default_limit: int
+) -> None:
+    """Reject a frame header PostgreSQL would reject."""
+    if limits is None:
+        limit = default_limit
+    else:
+        found = limits.get(mtype)
+        if found is None:
+            raise ProtocolViolation(f"invalid frontend message type {mtype}")
+        limit = found
+    if length < 4 or length - 4 > limit:
+        raise ProtocolViolation("invalid message length")
+
+
+class Frame(NamedTuple):
+    """A watched message found by :class:`FrameScanner`."""
+
+    type: int
+    body: bytes
+
+
+class FrameScanner:
+    """Finds message boundaries in a relayed stream without copying bodies.
+
+    ``feed(chunk)`` returns the watched messages completed by the chunk, in
+    order. Bodies of other messages are skipped by length. Validation (types
+    and lengths) is applied when ``limits`` is given, as for client streams.
+    """
+
+    __slots__ = ("_watch", "_limits", "_skip", "_head", "_body", "_body_type", "_body_need", "last_type")
+
+    def __init__(
+        self, watch: frozenset[int], limits: Mapping[int, int] | None = None
+    ) -> None:
+        self._watch = watch
+        self._limits = limits
+        self._skip = 0  # bytes of an unwatched body still to skip
+        self._head = b""  # a partial 5-byte header
+        self._body: bytearray | None = None  # a partial watched body
+        self._body_type = 0
+        self._body_need = 0
+        #: Type of the last complete message seen (0 before any).
+        self.last_type = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the stream so far ends exactly at a message boundary."""
+        return not self._skip and not self._head and self._body is None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        if self._head:
+            # A header split across chunks: re-join it (rare, one small copy).
+            data = self._head + data
+            self._head = b""
+        n = len(data)
+        pos = self._resume(data, out)
+        if pos < 0:
+            return out
+        watch = self._watch
+        limits = self._limits
+        while pos + 5 <= n:
+            mtype = data[pos]
+            (length,) = _int32(data, pos + 1)
+            if limits is not None or length < 4:
+                check_frame(mtype, length, limits, c.LARGE_MESSAGE_LIMIT)
+            end = pos + 1 + length
+            if end > n:
+                self._body_type = mtype
+                if mtype in watch:
+                    self._body = bytearray(data[pos + 5 :])
+                    self._body_need = end - n
+                else:
+                    self._skip = end - n
+                return out
+            if mtype in watch:
+                out.append(Frame(mtype, data[pos + 5 : end]))
+            self.last_type = mtype
+            pos = end
+        if pos < n:
+            self._head = bytes(data[pos:])
+        return out
+
+    def _resume(self, data: bytes, out: list[Frame]) -> int:
+        """Finish the body the previous chunk left open; -1 if this chunk is used up."""
+        n = len(data)
+        if self._skip:
+            if self._skip >= n:
+                self._skip -= n
+                return -1
+            pos, self._skip = self._skip, 0
+            self.last_type = self._body_type
+            return pos
+        if self._body is not None:
+            take = min(self._body_need, n)
+            self._body += data[:take]
+            self._body_need -= take
+            if self._body_need:
+                return -1
+            out.append(Frame(self._body_type, bytes(self._body)))
+            self.last_type = self._body_type
+            self._body = None
+            return take
+        return 0

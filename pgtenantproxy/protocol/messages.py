@@ -1,0 +1,251 @@
+"""The messages the proxy looks inside: one small class each, parse and build.
+
+Every class parses from a message *body* (or, for startup packets, from the
+whole packet) and builds the complete wire bytes. Parsers raise only
+:class:`ProtocolViolation`. Messages not listed here are relayed opaquely.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from pgtenantproxy.protocol import constants as c
+from pgtenantproxy.protocol.errors import FEATURE_NOT_SUPPORTED, ProtocolViolation, ProxyError
+
+_I = struct.Struct("!I")
+_i = struct.Struct("!i")
+_II = struct.Struct("!II")
+
+
+def frame(mtype: int, body: bytes) -> bytes:
+    """Wrap a body in a typed message header."""
+    return bytes((mtype,)) + _I.pack(len(body) + 4) + body
+
+
+def _cstrings(data: bytes) -> list[bytes]:
+    """Split NUL-terminated strings; the data must end with a NUL."""
+    if not data or data[-1] != 0:
+        raise ProtocolViolation("invalid string in message")
+    return data[:-1].split(b"\x00")
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+@dataclass(frozen=True)
+class SSLRequest:
+    @staticmethod
+    def build() -> bytes:
+        return _II.pack(8, c.SSL_REQUEST_CODE)
+
+
+@dataclass(frozen=True)
+class GSSENCRequest:
+    @staticmethod
+    def build() -> bytes:
+        return _II.pack(8, c.GSSENC_REQUEST_CODE)
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """CancelRequest: backend pid and secret key (4 bytes in 3.0, up to 256 in 3.2)."""
+
+    pid: int
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def parse(cls, packet: bytes) -> CancelRequest:
+        key = packet[12:]
+        if len(packet) < 16 or len(key) > c.MAX_CANCEL_KEY_LENGTH:
+            raise ProtocolViolation("invalid length of cancel request packet")
+        (pid,) = _i.unpack_from(packet, 8)
+        return cls(pid, bytes(key))
+
+    def build(self) -> bytes:
+        body = _I.pack(c.CANCEL_REQUEST_CODE) + _i.pack(self.pid) + self.key
+        return _I.pack(len(body) + 4) + body
+
+
+@dataclass(frozen=True)
+class StartupMessage:
+    """StartupMessage: protocol version and parameters (user, database, options...).
+
+    ``raw`` keeps the packet exactly as the client sent it: the proxy forwards
+    it unchanged so the server sees every parameter the client chose.
+    """
+
+    protocol: int
+    params: dict[str, str]
+    raw: bytes = field(repr=False)
+
+    @classmethod
+    def parse(cls, packet: bytes) -> StartupMessage:
+        (protocol,) = _I.unpack_from(packet, 4)
+        major, minor = protocol >> 16, protocol & 0xFFFF
+        if major != 3:
+            raise ProxyError(
+                FEATURE_NOT_SUPPORTED,
+                f"unsupported frontend protocol {major}.{minor}: "
+                "server supports 3.0 to 3.2",
+            )
+        parts = _cstrings(packet[8:])
+        # The list ends with an empty name (the packet's final NUL).
+        if not parts or parts[-1] != b"":
+            raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+        parts = parts[:-1]
+        if len(parts) % 2:
+            raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+        params = {_decode(parts[i]): _decode(parts[i + 1]) for i in range(0, len(parts), 2)}
+        if "user" not in params or not params["user"]:
+            raise ProxyError("28000", "no PostgreSQL user name specified in startup packet")
+        return cls(protocol, params, bytes(packet))
+
+    @property
+    def user(self) -> str:
+        return self.params["user"]
+
+    @property
+    def database(self) -> str:
+        return self.params.get("database") or self.params["user"]
+
+    @staticmethod
+    def build(params: dict[str, str], protocol: int = c.PROTOCOL_3_0) -> bytes:
+        body = _I.pack(protocol)
+        for key, value in params.items():
+            body += key.encode() + b"\x00" + value.encode() + b"\x00"
+        body += b"\x00"
+        return _I.pack(len(body) + 4) + body
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """AuthenticationXXX ('R'): the request code and its payload."""
+
+    code: int
+    payload: bytes
+
+    @classmethod
+    def parse(cls, body: bytes) -> Authentication:
+        if len(body) < 4:
+            raise ProtocolViolation("invalid authentication message")
+        (code,) = _i.unpack_from(body, 0)
+        return cls(code, bytes(body[4:]))
+
+    @property
+    def needs_response(self) -> bool:
+        return self.code in c.AUTH_NEEDS_RESPONSE
+
+    def sasl_mechanisms(self) -> list[str]:
+        return [_decode(m) for m in _cstrings(self.payload) if m]
+
+    @staticmethod
+    def build(code: int, payload: bytes = b"") -> bytes:
+        return frame(c.AUTHENTICATION, _i.pack(code) + payload)
+
+    @classmethod
+    def build_sasl(cls, mechanisms: list[str]) -> bytes:
+        payload = b"".join(m.encode() + b"\x00" for m in mechanisms) + b"\x00"
+        return cls.build(c.AUTH_SASL, payload)
+
+
+@dataclass(frozen=True)
+class BackendKeyData:
+    """BackendKeyData ('K'): process id and cancel secret key."""
+
+    pid: int
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def parse(cls, body: bytes) -> BackendKeyData:
+        if len(body) < 8 or len(body) - 4 > c.MAX_CANCEL_KEY_LENGTH:
+            raise ProtocolViolation("invalid BackendKeyData message")
+        (pid,) = _i.unpack_from(body, 0)
+        return cls(pid, bytes(body[4:]))
+
+    def build(self) -> bytes:
+        return frame(c.BACKEND_KEY_DATA, _i.pack(self.pid) + self.key)
+
+
+@dataclass(frozen=True)
+class ParameterStatus:
+    name: str
+    value: str
+
+    @classmethod
+    def parse(cls, body: bytes) -> ParameterStatus:
+        parts = _cstrings(body)
+        if len(parts) != 2:
+            raise ProtocolViolation("invalid ParameterStatus message")
+        return cls(_decode(parts[0]), _decode(parts[1]))
+
+    def build(self) -> bytes:
+        return frame(
+            c.PARAMETER_STATUS, self.name.encode() + b"\x00" + self.value.encode() + b"\x00"
+        )
+
+
+@dataclass(frozen=True)
+class ReadyForQuery:
+    status: int
+
+    @classmethod
+    def parse(cls, body: bytes) -> ReadyForQuery:
+        if len(body) != 1 or body[0] not in (c.TX_IDLE, c.TX_IN_BLOCK, c.TX_FAILED):
+            raise ProtocolViolation("invalid ReadyForQuery message")
+        return cls(body[0])
+
+    @classmethod
+    def idle(cls) -> ReadyForQuery:
+        return cls(c.TX_IDLE)
+
+    def build(self) -> bytes:
+        return frame(c.READY_FOR_QUERY, bytes((self.status,)))
+
+
+@dataclass(frozen=True)
+class ErrorFields:
+    """ErrorResponse / NoticeResponse fields, keyed by their one-letter codes."""
+
+    fields: dict[str, str]
+
+    @classmethod
+    def parse(cls, body: bytes) -> ErrorFields:
+        out: dict[str, str] = {}
+        for item in _cstrings(body):
+            if item:
+                out[chr(item[0])] = _decode(item[1:])
+        return cls(out)
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "")
+
+    @property
+    def severity(self) -> str:
+        return self.fields.get("V") or self.fields.get("S", "")
+
+    @property
+    def message(self) -> str:
+        return self.fields.get("M", "")
+
+
+@dataclass(frozen=True)
+class Query:
+    sql: str
+
+    @classmethod
+    def parse(cls, body: bytes) -> Query:
+        return cls(_decode(_cstrings(body)[0]))
+
+    def build(self) -> bytes:
+        return frame(c.QUERY, self.sql.encode() + b"\x00")
+
+
+TERMINATE = frame(c.TERMINATE, b"")
+SSL_ACCEPT = b"S"
+SSL_REFUSE = b"N"

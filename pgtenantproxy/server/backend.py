@@ -1,0 +1,90 @@
+"""Opening server connections: TCP, then TLS as ``sslmode`` asks, then nothing more.
+
+The startup packet and authentication belong to the caller (relayed for the
+unified server), so this module only produces a connected, possibly encrypted,
+:class:`Endpoint`. Cancel requests also go out from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from pgtenantproxy.config import UnifiedSection
+from pgtenantproxy.protocol import errors
+from pgtenantproxy.protocol.errors import ProxyError
+from pgtenantproxy.protocol.messages import CancelRequest, SSLRequest
+from pgtenantproxy.server.endpoint import ConnectionClosed, Endpoint
+
+logger = logging.getLogger(__name__)
+
+
+def upstream_tls_context(cfg: UnifiedSection) -> ssl.SSLContext | None:
+    """The client-side TLS context for ``[unified] sslmode`` (None for disable)."""
+    if cfg.sslmode == "disable":
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.sslrootcert) if cfg.sslrootcert else ssl.create_default_context()
+    if cfg.sslmode in ("prefer", "require"):
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif cfg.sslmode == "verify-ca":
+        ctx.check_hostname = False
+    return ctx
+
+
+async def open_server(
+    cfg: UnifiedSection, tls: ssl.SSLContext | None, *, name: str = "unified"
+) -> Endpoint:
+    """Connect to the server; raise ProxyError (08006) with a clear reason if we cannot."""
+    loop = asyncio.get_running_loop()
+    where = f"{name} server {cfg.host}:{cfg.port}"
+    try:
+        async with asyncio.timeout(cfg.connect_timeout_ms / 1000):
+            _, endpoint = await loop.create_connection(lambda: Endpoint(name), cfg.host, cfg.port)
+            if tls is not None:
+                await _negotiate_tls(endpoint, tls, cfg)
+    except TimeoutError:
+        raise _unreachable(where, "timeout expired") from None
+    except (OSError, ConnectionClosed) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "connection closed"
+        raise _unreachable(where, reason) from None
+    return endpoint
+
+
+def _unreachable(where: str, reason: str) -> ProxyError:
+    return ProxyError(
+        errors.CONNECTION_FAILURE,
+        f"pgtenantproxy: could not connect to the {where}: {reason}",
+    )
+
+
+async def _negotiate_tls(endpoint: Endpoint, tls: ssl.SSLContext, cfg: UnifiedSection) -> None:
+    endpoint.write(SSLRequest.build())
+    answer = await endpoint.receive()
+    if answer[:1] == b"S" and len(answer) == 1:
+        hostname = cfg.host if cfg.sslmode == "verify-full" else None
+        await endpoint.start_tls(tls, server_side=False, server_hostname=hostname)
+        return
+    if answer[:1] == b"N" and len(answer) == 1:
+        if cfg.sslmode == "prefer":
+            return
+        raise ProxyError(
+            errors.CONNECTION_FAILURE,
+            f"pgtenantproxy: the unified server {cfg.host}:{cfg.port} refused TLS "
+            f"and [unified] sslmode is {cfg.sslmode}",
+        )
+    raise ProxyError(errors.PROTOCOL_VIOLATION, "pgtenantproxy: invalid answer to SSLRequest from the unified server")
+
+
+async def send_cancel(host: str, port: int, pid: int, key: bytes, *, timeout: float = 5.0) -> None:
+    """Send a CancelRequest on a fresh connection; failures are logged, not raised."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(CancelRequest(pid, key).build())
+            await writer.drain()
+            await reader.read()  # the server closes when done
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        logger.warning("cancel request to %s:%s for pid %s failed: %s", host, port, pid, exc)

@@ -1,0 +1,104 @@
+"""The established session's hot path: bytes relayed both ways, boundaries tracked.
+
+Client chunks are validated (types and lengths, as PostgreSQL checks them) and
+forwarded as they came. Server chunks are forwarded as they came. The
+:class:`FrameScanner` on each side only finds boundaries, so the relay knows
+
+* the transaction status from the last ReadyForQuery ('I', 'T', 'E'),
+* how many answers are still owed: each Query, Sync and FunctionCall the client
+  sends is answered by exactly one ReadyForQuery,
+
+which together say whether the session is idle (safe to close on shutdown) or
+busy (a server is working for this client; cancel it if the client vanishes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pgtenantproxy.protocol import constants as c
+from pgtenantproxy.protocol.errors import ProtocolViolation
+from pgtenantproxy.protocol.framing import FrameScanner
+from pgtenantproxy.server.endpoint import Endpoint
+
+_CLIENT_WATCH = frozenset({c.QUERY, c.SYNC, c.FUNCTION_CALL, c.TERMINATE})
+_ANSWERED = frozenset({c.QUERY, c.SYNC, c.FUNCTION_CALL})
+_SERVER_WATCH = frozenset({c.READY_FOR_QUERY, c.ERROR_RESPONSE})
+_FATAL = (b"\x00VFATAL\x00", b"\x00VPANIC\x00")
+
+
+class Relay:
+    """Relays one client and one server endpoint and tracks the session's state."""
+
+    def __init__(
+        self,
+        client: Endpoint,
+        server: Endpoint,
+        *,
+        on_violation: Callable[[ProtocolViolation], None],
+        on_idle: Callable[[], None],
+        on_terminate: Callable[[], None],
+    ) -> None:
+        #: Call on_idle at the next idle ReadyForQuery (graceful shutdown).
+        self.close_when_idle = False
+        #: The server sent a FATAL/PANIC error: it will close, and said why.
+        self.server_said_fatal = False
+        self.client = client
+        self.server = server
+        self.tx_status = c.TX_IDLE
+        self.owed = 0  # ReadyForQuery messages the server still owes
+        self.unsynced = False  # extended-protocol messages sent since the last Sync
+        self._client_scanner = FrameScanner(_CLIENT_WATCH, c.FRONTEND_LIMITS)
+        self._server_scanner = FrameScanner(_SERVER_WATCH)
+        self._on_violation = on_violation
+        self._on_idle = on_idle
+        self._on_terminate = on_terminate
+        client.peer = server
+        server.peer = client
+
+    @property
+    def idle(self) -> bool:
+        return self.owed == 0 and not self.unsynced and self.tx_status == c.TX_IDLE
+
+    @property
+    def server_at_boundary(self) -> bool:
+        """True when a message of the proxy's own can be sent to the client now."""
+        return self._server_scanner.at_boundary
+
+    def start(self, server_leftover: bytes, client_leftover: bytes) -> None:
+        self.server.start_relay(self.from_server, server_leftover)
+        self.client.start_relay(self.from_client, client_leftover)
+
+    def from_client(self, data: bytes) -> None:
+        scanner = self._client_scanner
+        try:
+            frames = scanner.feed(data)
+        except ProtocolViolation as exc:
+            self._on_violation(exc)
+            return
+        self.server.write(data)
+        terminate = False
+        for frame in frames:
+            if frame.type == c.TERMINATE:
+                terminate = True
+            else:
+                self.owed += 1
+        self.unsynced = not scanner.at_boundary or scanner.last_type not in _ANSWERED
+        if terminate:
+            self.unsynced = False
+            self._on_terminate()
+
+    def from_server(self, data: bytes) -> None:
+        self.client.write(data)
+        frames = self._server_scanner.feed(data)
+        if not frames:
+            return
+        for frame in frames:
+            if frame.type == c.READY_FOR_QUERY:
+                self.tx_status = frame.body[0] if frame.body else c.TX_IDLE
+                if self.owed:
+                    self.owed -= 1
+            elif _FATAL[0] in frame.body or _FATAL[1] in frame.body:
+                self.server_said_fatal = True
+        if self.close_when_idle and self.idle:
+            self._on_idle()

@@ -1,0 +1,198 @@
+"""One client session: startup, authentication relay, relay, and a clean end.
+
+Lifecycle (one coroutine, :meth:`ClientSession.run`):
+
+1. read the startup packet (TLS negotiated first); a CancelRequest is
+   forwarded and the connection closed;
+2. admission (max client connections, 53300), connect to the unified server,
+   relay authentication: all under the authentication timeout (57014);
+3. relay until either side goes away.
+
+Ending: whichever side ends first, the other is closed too. A client that
+vanishes while its server is busy gets its query cancelled, so no backend
+keeps running for nobody. A server that vanishes without saying why gets the
+client a FATAL 08006. Errors of the proxy's own reach the client as
+ErrorResponses with their SQLSTATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from pgtenantproxy.protocol import errors
+from pgtenantproxy.protocol.errors import ProtocolViolation, ProxyError
+from pgtenantproxy.protocol.messages import TERMINATE, CancelRequest, StartupMessage
+from pgtenantproxy.server.backend import open_server, send_cancel
+from pgtenantproxy.server.endpoint import ConnectionClosed, Endpoint
+from pgtenantproxy.server.handshake import (
+    Established,
+    ServerRefused,
+    read_startup,
+    relay_authentication,
+)
+from pgtenantproxy.server.relay import Relay
+
+if TYPE_CHECKING:
+    from pgtenantproxy.server.listener import ProxyServer
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_ERROR = ProxyError(errors.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
+
+
+def _server_gone() -> ProxyError:
+    return ProxyError(
+        errors.CONNECTION_FAILURE,
+        "pgtenantproxy: server closed the connection unexpectedly",
+        detail="The unified server terminated the session abnormally.",
+    )
+
+
+class ClientSession:
+    def __init__(self, proxy: ProxyServer, client: Endpoint, peer: str) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.peer = peer
+        self.server: Endpoint | None = None
+        self.relay: Relay | None = None
+        self.established: Established | None = None
+        self.startup: StartupMessage | None = None
+        self._done = asyncio.get_running_loop().create_future()
+        self._closing = False
+
+    # --- lifecycle --------------------------------------------------------
+    async def run(self) -> None:
+        self.client.on_lost = self._client_lost
+        try:
+            await self._start()
+            if self.relay is not None:
+                await self._done
+        except ProxyError as exc:
+            self._fail(exc)
+        except TimeoutError:
+            self._fail(ProxyError(errors.QUERY_CANCELED, "canceling authentication due to timeout"))
+        except ConnectionClosed as exc:
+            if exc.args and exc.args[0] != "client":
+                self._fail(_server_gone())
+        except ServerRefused:
+            pass
+        except Exception:
+            logger.exception("session %s failed", self.peer)
+            self._fail(ProxyError("XX000", "pgtenantproxy: internal error"))
+        finally:
+            self._finish()
+
+    async def _start(self) -> None:
+        timeout = self.proxy.config.proxy.auth_timeout_ms / 1000
+        async with asyncio.timeout(timeout):
+            packet, leftover = await read_startup(self.client, self.proxy.client_tls)
+            if isinstance(packet, CancelRequest):
+                await self.proxy.forward_cancel(packet)
+                return
+            self.startup = packet
+            self.proxy.admit(self)
+            self.server = await open_server(self.proxy.config.unified, self.proxy.upstream_tls)
+            self.server.on_lost = self._server_lost
+            self.established = await relay_authentication(self.client, self.server, packet, leftover)
+        if self._done.done():
+            return
+        self._start_relay(self.established)
+
+    def _start_relay(self, est: Established) -> None:
+        assert self.server is not None
+        if est.real_key is not None:
+            self.proxy.cancels.add(est.real_key.pid, est.proxy_key, self)
+        self.relay = Relay(
+            self.client,
+            self.server,
+            on_violation=self._violation,
+            on_idle=self._close_idle,
+            on_terminate=self._client_terminated,
+        )
+        self.relay.start(est.server_leftover, est.client_leftover)
+        logger.debug("session %s established (user %s)", self.peer, self.startup and self.startup.user)
+        if self._closing:
+            self.request_close()
+
+    def _finish(self) -> None:
+        if self.established is not None and self.established.real_key is not None:
+            self.proxy.cancels.remove(self.established.real_key.pid, self)
+        if self.server is not None:
+            self.server.write(TERMINATE)
+            self.server.close()
+        self.client.close()
+        self.proxy.forget(self)
+
+    def _end(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+    # --- events from the endpoints and the relay ---------------------------
+    def _client_lost(self) -> None:
+        relay = self.relay
+        if relay is not None and not relay.idle:
+            self.cancel_running_query()
+        self._end()
+
+    def _server_lost(self) -> None:
+        relay = self.relay
+        if relay is not None and not relay.server_said_fatal and relay.server_at_boundary:
+            self.client.write(_server_gone().to_message())
+        self._end()
+
+    def _client_terminated(self) -> None:
+        self._end()
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        logger.warning("session %s: protocol violation from client: %s", self.peer, exc.message)
+        self._fail(exc)
+        self._end()
+
+    def _close_idle(self) -> None:
+        self._fail(SHUTDOWN_ERROR)
+        self._end()
+
+    def _fail(self, exc: ProxyError) -> None:
+        """Send an error of the proxy's own to the client, if it is still there."""
+        if self.client.is_open:
+            relay = self.relay
+            if relay is None or relay.server_at_boundary:
+                self.client.write(exc.to_message())
+        if exc.severity in ("FATAL", "PANIC"):
+            self._end()
+
+    # --- requests from the proxy ------------------------------------------
+    def cancel_running_query(self) -> None:
+        est = self.established
+        if est is None or est.real_key is None:
+            return
+        cfg = self.proxy.config.unified
+        task = asyncio.get_running_loop().create_task(
+            send_cancel(cfg.host, cfg.port, est.real_key.pid, est.real_key.key)
+        )
+        self.proxy.track(task)
+
+    @property
+    def idle(self) -> bool:
+        return self.relay is None or self.relay.idle
+
+    def request_close(self) -> None:
+        """Graceful shutdown: close now if idle, else at the next idle point."""
+        self._closing = True
+        relay = self.relay
+        if relay is None:
+            return  # still starting: closed when the handshake ends
+        if relay.idle:
+            self._close_idle()
+        else:
+            relay.close_when_idle = True
+
+    def force_close(self) -> None:
+        """Shutdown timeout reached: cancel what runs and close."""
+        if self.relay is not None and not self.relay.idle:
+            self.cancel_running_query()
+        self._fail(SHUTDOWN_ERROR)
+        self._end()
+        self.client.close()
