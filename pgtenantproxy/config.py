@@ -61,6 +61,18 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _tables(value: Any) -> str | None:
+    if isinstance(value, str) and value != "auto":
+        return 'must be "auto" or a list of table names'
+    return None
+
+
+def _template(value: Any) -> str | None:
+    if "{shop_id}" not in value:
+        return "must contain {shop_id}"
+    return None
+
+
 def _listen(value: Any) -> str | None:
     try:
         parse_listen(value)
@@ -106,6 +118,90 @@ class UnifiedSection:
     connect_timeout_ms: int = _opt(10000, _positive)
 
 
+    admin_user: str = _opt("postgres")
+    admin_password_env: str = _opt("UNIFIED_ADMIN_PASSWORD")
+
+    @property
+    def admin_password(self) -> str | None:
+        """The control-plane password, read from the environment variable named in the config."""
+        return os.environ.get(self.admin_password_env)
+
+
+@dataclass(frozen=True)
+class TenantServerSection:
+    """One ``[[tenant_servers]]`` entry: a PostgreSQL server that hosts shop databases."""
+
+    name: str = _opt("")
+    host: str = _opt("127.0.0.1")
+    port: int = _opt(5432, _port)
+    admin_user: str = _opt("postgres")
+    admin_password_env: str = _opt("POSTGRES_SUPERUSER_PASSWORD")
+    sslmode: str = _opt("prefer", _one_of("disable", "prefer", "require", "verify-ca", "verify-full"))
+    sslrootcert: str | None = _opt(None)
+    connect_timeout_ms: int = _opt(10000, _positive)
+
+    @property
+    def admin_password(self) -> str | None:
+        return os.environ.get(self.admin_password_env)
+
+
+@dataclass(frozen=True)
+class TenancySection:
+    tenant_column: str = _opt("shop_id")
+    #: "auto" (every table with tenant_column) or an explicit list of table names.
+    tenant_tables: str | tuple[str, ...] = _opt("auto", lambda v: _tables(v))
+    database_name: str = _opt("shop_{shop_id}_db", lambda v: _template(v))
+    role_name: str = _opt("shop_user_{shop_id}", lambda v: _template(v))
+    placement: str = _opt("fewest_tenants", _one_of("fewest_tenants", "hash"))
+    #: 64 hex chars (AES-256 key); TENANT_ENCRYPTION_KEY overrides. Prefer the env var.
+    encryption_key_env: str = _opt("TENANT_ENCRYPTION_KEY")
+    credential_cache_ttl_s: int = _opt(3600, _positive)
+    provision_concurrency: int = _opt(8, _positive)
+
+
+IDENTIFY_SOURCES = ("startup", "set", "comment", "query")
+STRATEGIES = ("unified", "tenant", "percentage", "shop-list", "canary")
+
+
+def _identify(value: Any) -> str | None:
+    bad = [v for v in value if v not in IDENTIFY_SOURCES]
+    if bad or len(set(value)) != len(value):
+        return f"must list distinct sources among {', '.join(IDENTIFY_SOURCES)}"
+    return None
+
+
+def _percentage(value: Any) -> str | None:
+    return None if 0 <= value <= 100 else "must be between 0 and 100"
+
+
+def _rate(value: Any) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must be between 0.0 and 1.0"
+
+
+@dataclass(frozen=True)
+class RoutingSection:
+    strategy: str = _opt("unified", _one_of(*STRATEGIES))
+    percentage: int = _opt(0, _percentage)
+    shop_ids: tuple[int, ...] = _opt(())
+    canary_shop_ids: tuple[int, ...] = _opt(())
+    enable_tenant_reads: bool = _opt(True)
+    enable_fallback: bool = _opt(True)
+    verify_consistency: bool = _opt(False)
+    verify_sample_rate: float = _opt(0.01, _rate)
+    log_inconsistencies: bool = _opt(True)
+    identify: tuple[str, ...] = _opt(IDENTIFY_SOURCES, _identify)
+    analysis_cache_size: int = _opt(10000, _positive)
+    fallback_ban_ms: int = _opt(30000, _non_negative)
+
+
+@dataclass(frozen=True)
+class PoolsSection:
+    max_pool_size: int = _opt(20, _positive)
+    idle_timeout_ms: int = _opt(30000, _positive)
+    connection_timeout_ms: int = _opt(10000, _positive)
+    max_total_connections: int = _opt(400, _positive)
+
+
 @dataclass(frozen=True)
 class LoggingSection:
     level: str = _opt("info", _one_of("debug", "info", "warning", "error"))
@@ -115,14 +211,44 @@ class LoggingSection:
 class Config:
     proxy: ProxySection = field(default_factory=ProxySection)
     unified: UnifiedSection = field(default_factory=UnifiedSection)
+    tenancy: TenancySection = field(default_factory=TenancySection)
+    routing: RoutingSection = field(default_factory=RoutingSection)
+    pools: PoolsSection = field(default_factory=PoolsSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    tenant_servers: tuple[TenantServerSection, ...] = ()
     source: str | None = None  # the file it came from, for messages
 
 
+#: Sections that are TOML tables, in the order they are documented.
 SECTIONS: dict[str, type] = {
     "proxy": ProxySection,
     "unified": UnifiedSection,
+    "tenancy": TenancySection,
+    "routing": RoutingSection,
+    "pools": PoolsSection,
     "logging": LoggingSection,
+}
+#: Sections that are arrays of tables (``[[name]]``).
+LIST_SECTIONS: dict[str, type] = {
+    "tenant_servers": TenantServerSection,
+}
+
+def _env_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+#: The seed application's environment variables and the keys they override.
+ENV_OVERRIDES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
+    "TENANT_DB_MAX_POOL_SIZE": ("pools", "max_pool_size", int),
+    "TENANT_DB_IDLE_TIMEOUT": ("pools", "idle_timeout_ms", int),
+    "TENANT_DB_CONNECTION_TIMEOUT": ("pools", "connection_timeout_ms", int),
+    "MIGRATION_STRATEGY": ("routing", "strategy", str),
+    "ENABLE_TENANT_READS": ("routing", "enable_tenant_reads", _env_bool),
 }
 
 
@@ -143,19 +269,53 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{p}: {exc}") from None
 
 
-def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> Config:
-    unknown = sorted(set(data) - set(SECTIONS))
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate a parsed TOML document (plus the seed's environment overrides)."""
+    known = [*SECTIONS, *LIST_SECTIONS]
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"[{unknown[0]}]: unknown section (known: {', '.join(SECTIONS)})")
+        raise ConfigError(f"[{unknown[0]}]: unknown section (known: {', '.join(known)})")
+    data = _apply_env(data, os.environ if environ is None else environ)
     built: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         table = data.get(name, {})
         if not isinstance(table, Mapping):
             raise ConfigError(f"[{name}]: must be a table")
         built[name] = build_section(cls, name, table)
+    for name, cls in LIST_SECTIONS.items():
+        items = data.get(name, [])
+        if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+            raise ConfigError(f"[[{name}]]: must be an array of tables")
+        built[name] = tuple(build_section(cls, f"{name}.{i}", item) for i, item in enumerate(items))
     config = Config(**built, source=source)
     _check_whole(config)
     return config
+
+
+def _apply_env(data: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The seed's environment variables override the file where they apply."""
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for var, (section, key, kind) in ENV_OVERRIDES.items():
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            value: Any = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{var} (overrides [{section}] {key}): invalid value {raw!r}") from None
+        out.setdefault(section, {})[key] = value
+    superuser = environ.get("POSTGRES_SUPERUSER")
+    if superuser and isinstance(out.get("tenant_servers"), list):
+        out["tenant_servers"] = [
+            {**server, "admin_user": superuser} if isinstance(server, Mapping) else server
+            for server in out["tenant_servers"]
+        ]
+    return out
 
 
 def build_section(cls: type, name: str, table: Mapping[str, Any]) -> Any:
@@ -183,7 +343,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(value, options[0], where)
+        for option in options[:-1]:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        return _coerce(value, options[-1], where)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -224,11 +389,19 @@ def _check_whole(config: Config) -> None:
             raise ConfigError(f"[proxy] {key}: file not found: {value}")
     if config.unified.sslmode in ("verify-ca", "verify-full") and not config.unified.sslrootcert:
         raise ConfigError("[unified] sslrootcert: required when sslmode is verify-ca or verify-full")
+    names: set[str] = set()
+    for i, server in enumerate(config.tenant_servers):
+        name = server.name or f"{server.host}:{server.port}"
+        if name in names:
+            raise ConfigError(f"[[tenant_servers]] {i} name: duplicate tenant server {name!r}")
+        names.add(name)
 
 
 def restart_keys(old: Config, new: Config) -> list[str]:
     """Keys whose change only takes effect after a restart."""
     changed = []
+    if old.tenant_servers != new.tenant_servers:
+        changed.append("[[tenant_servers]]")
     for name in SECTIONS:
         a, b = getattr(old, name), getattr(new, name)
         for f in dataclasses.fields(a):

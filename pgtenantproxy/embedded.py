@@ -81,17 +81,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _run_as() -> dict[str, object]:
-    """Subprocess arguments to drop root to the postgres OS user."""
+def _run_as() -> tuple[int | None, int | None]:
+    """(uid, gid) to drop root to the postgres OS user; (None, None) when not root."""
     if os.geteuid() != 0:
-        return {}
+        return None, None
     try:
         pw = pwd.getpwnam("postgres")
     except KeyError:
         raise RuntimeError(
             "running as root, but there is no 'postgres' OS user to run the server as"
         ) from None
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    return pw.pw_uid, pw.pw_gid
 
 
 def _chown_for_server(path: Path) -> None:
@@ -164,7 +164,8 @@ class PgCluster:
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        hba = list(hba_lines) + [
+        hba = [
+            *hba_lines,
             "host all all 127.0.0.1/32 scram-sha-256",
             "host all all ::1/128 scram-sha-256",
         ]
@@ -236,6 +237,7 @@ class PgCluster:
 
     def _pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bindir / tool), *args]
+        uid, gid = _run_as()
         result = subprocess.run(
             cmd,
             stdout=subprocess.PIPE,
@@ -243,7 +245,9 @@ class PgCluster:
             text=True,
             stdin=subprocess.DEVNULL,
             cwd=str(self.basedir),
-            **_run_as(),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=[] if uid is not None else None,
         )
         if check and result.returncode != 0:
             raise RuntimeError(f"{tool} failed ({result.returncode}):\n{result.stdout[-2000:]}")

@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
         config = parse_config(
             {
                 "proxy": {"listen": f"127.0.0.1:{port}", "shutdown_timeout_ms": 2000},
-                "unified": {"host": "127.0.0.1", "port": cluster.port, "database": APP_DB, "sslmode": "disable"},
+                "unified": {
+                    "host": "127.0.0.1",
+                    "port": cluster.port,
+                    "database": APP_DB,
+                    "sslmode": "disable",
+                },
             }
         )
         install_uvloop()

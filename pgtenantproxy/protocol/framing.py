@@ -159,7 +159,7 @@ class FrameScanner:
     and lengths) is applied when ``limits`` is given, as for client streams.
     """
 
-    __slots__ = ("_watch", "_limits", "_skip", "_head", "_body", "_body_type", "_body_need", "last_type")
+    __slots__ = ("_body", "_body_need", "_body_type", "_head", "_limits", "_skip", "_watch", "last_type")
 
     def __init__(
         self, watch: frozenset[int], limits: Mapping[int, int] | None = None

@@ -24,7 +24,7 @@ def upstream_tls_context(cfg: UnifiedSection) -> ssl.SSLContext | None:
     """The client-side TLS context for ``[unified] sslmode`` (None for disable)."""
     if cfg.sslmode == "disable":
         return None
-    ctx = ssl.create_default_context(cafile=cfg.sslrootcert) if cfg.sslrootcert else ssl.create_default_context()
+    ctx = ssl.create_default_context(cafile=cfg.sslrootcert)
     if cfg.sslmode in ("prefer", "require"):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -74,7 +74,9 @@ async def _negotiate_tls(endpoint: Endpoint, tls: ssl.SSLContext, cfg: UnifiedSe
             f"pgtenantproxy: the unified server {cfg.host}:{cfg.port} refused TLS "
             f"and [unified] sslmode is {cfg.sslmode}",
         )
-    raise ProxyError(errors.PROTOCOL_VIOLATION, "pgtenantproxy: invalid answer to SSLRequest from the unified server")
+    raise ProxyError(
+        errors.PROTOCOL_VIOLATION, "pgtenantproxy: invalid answer to SSLRequest from the unified server"
+    )
 
 
 async def send_cancel(host: str, port: int, pid: int, key: bytes, *, timeout: float = 5.0) -> None:

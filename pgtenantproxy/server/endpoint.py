@@ -121,7 +121,9 @@ class Endpoint(asyncio.Protocol):
         if buffered:
             sink(buffered)
 
-    async def start_tls(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
+    async def start_tls(
+        self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
+    ) -> None:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         transport = await loop.start_tls(
@@ -133,7 +135,7 @@ class Endpoint(asyncio.Protocol):
         )
         if transport is None:
             raise ConnectionClosed(self.name)
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         self.transport.set_write_buffer_limits(high=HIGH_WATER)
         self.is_tls = True
 

@@ -48,6 +48,7 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._admitted: set[ClientSession] = set()
+        self._all_gone = asyncio.Event()
 
     @property
     def sockets_addresses(self) -> list[tuple[str, int]]:
@@ -87,6 +88,8 @@ class ProxyServer:
     def forget(self, session: ClientSession) -> None:
         self.sessions.discard(session)
         self._admitted.discard(session)
+        if not self.sessions:
+            self._all_gone.set()
 
     @property
     def client_count(self) -> int:
@@ -117,9 +120,12 @@ class ProxyServer:
         logger.info("shutting down: %d sessions, waiting up to %.1fs", len(self.sessions), timeout)
         for session in list(self.sessions):
             session.request_close()
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.sessions and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        if self.sessions:
+            self._all_gone.clear()
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), timeout)
+            except TimeoutError:
+                pass
         for session in list(self.sessions):
             session.force_close()
         pending = [t for t in self._tasks if not t.done()]
