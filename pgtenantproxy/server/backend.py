@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import Protocol
 
-from pgtenantproxy.config import UnifiedSection
 from pgtenantproxy.protocol import errors
 from pgtenantproxy.protocol.errors import ProxyError
 from pgtenantproxy.protocol.messages import CancelRequest, SSLRequest
@@ -20,7 +20,22 @@ from pgtenantproxy.server.endpoint import ConnectionClosed, Endpoint
 logger = logging.getLogger(__name__)
 
 
-def upstream_tls_context(cfg: UnifiedSection) -> ssl.SSLContext | None:
+class ServerAddress(Protocol):
+    """Where a server is and how to reach it (``[unified]``, a ``[[tenant_servers]]`` entry...)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def sslmode(self) -> str: ...
+    @property
+    def sslrootcert(self) -> str | None: ...
+    @property
+    def connect_timeout_ms(self) -> int: ...
+
+
+def upstream_tls_context(cfg: ServerAddress) -> ssl.SSLContext | None:
     """The client-side TLS context for ``[unified] sslmode`` (None for disable)."""
     if cfg.sslmode == "disable":
         return None
@@ -34,7 +49,7 @@ def upstream_tls_context(cfg: UnifiedSection) -> ssl.SSLContext | None:
 
 
 async def open_server(
-    cfg: UnifiedSection, tls: ssl.SSLContext | None, *, name: str = "unified"
+    cfg: ServerAddress, tls: ssl.SSLContext | None, *, name: str = "unified"
 ) -> Endpoint:
     """Connect to the server; raise ProxyError (08006) with a clear reason if we cannot."""
     loop = asyncio.get_running_loop()
@@ -59,7 +74,7 @@ def _unreachable(where: str, reason: str) -> ProxyError:
     )
 
 
-async def _negotiate_tls(endpoint: Endpoint, tls: ssl.SSLContext, cfg: UnifiedSection) -> None:
+async def _negotiate_tls(endpoint: Endpoint, tls: ssl.SSLContext, cfg: ServerAddress) -> None:
     endpoint.write(SSLRequest.build())
     answer = await endpoint.receive()
     if answer[:1] == b"S" and len(answer) == 1:
@@ -71,11 +86,11 @@ async def _negotiate_tls(endpoint: Endpoint, tls: ssl.SSLContext, cfg: UnifiedSe
             return
         raise ProxyError(
             errors.CONNECTION_FAILURE,
-            f"pgtenantproxy: the unified server {cfg.host}:{cfg.port} refused TLS "
-            f"and [unified] sslmode is {cfg.sslmode}",
+            f"pgtenantproxy: the server {cfg.host}:{cfg.port} refused TLS "
+            f"and its sslmode is {cfg.sslmode}",
         )
     raise ProxyError(
-        errors.PROTOCOL_VIOLATION, "pgtenantproxy: invalid answer to SSLRequest from the unified server"
+        errors.PROTOCOL_VIOLATION, f"pgtenantproxy: invalid answer to SSLRequest from {cfg.host}:{cfg.port}"
     )
 
 

@@ -85,6 +85,11 @@ class Endpoint(asyncio.Protocol):
     def is_open(self) -> bool:
         return not self._lost and self.transport is not None and not self.transport.is_closing()
 
+    @property
+    def has_buffered(self) -> bool:
+        """Bytes (or EOF) arrived while nobody was reading: unexpected on an idle connection."""
+        return bool(self._buf) or self._eof
+
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self._lost:
             self._reading_paused = True
