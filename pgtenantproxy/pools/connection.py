@@ -140,4 +140,5 @@ class ServerConnection:
         self.endpoint.close()
 
     def __repr__(self) -> str:
-        return f"ServerConnection({self.target.database}@{self.target.host}:{self.target.port}, pid={self.pid})"
+        t = self.target
+        return f"ServerConnection({t.database}@{t.host}:{t.port}, pid={self.pid})"

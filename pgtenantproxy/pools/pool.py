@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pgtenantproxy.config import PoolsSection
+from pgtenantproxy.pools.connection import ServerConnection, ServerRefusedLogin, ServerTarget
 from pgtenantproxy.protocol import errors
 from pgtenantproxy.protocol.errors import ProxyError
-from pgtenantproxy.pools.connection import ServerConnection, ServerRefusedLogin, ServerTarget
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ class AuthFailed(ProxyError):
 
 def md5_password(user: str, password: str, salt: bytes) -> bytes:
     """PostgreSQL's md5 response: 'md5' + md5(md5(password + user) + salt)."""
-    inner = hashlib.md5((password + user).encode()).hexdigest().encode()  # noqa: S324
-    return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()  # noqa: S324
+    inner = hashlib.md5((password + user).encode()).hexdigest().encode()
+    return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()
 
 
 def _password_message(payload: bytes) -> bytes:
