@@ -59,7 +59,7 @@ class ServerConnection:
         self.key = b""
         self.parameters: dict[str, str] = {}
         #: client statement name -> SQL text it was prepared with here
-        self.prepared: dict[str, bytes] = {}
+        self.prepared: dict[str, str] = {}
         #: session settings applied here (name -> value)
         self.settings: dict[str, str] = {}
         self.created_at = time.monotonic()

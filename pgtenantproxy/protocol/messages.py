@@ -85,6 +85,8 @@ class StartupMessage:
 
     @classmethod
     def parse(cls, packet: bytes) -> StartupMessage:
+        if len(packet) < 8:
+            raise ProtocolViolation("invalid length of startup packet")
         (protocol,) = _I.unpack_from(packet, 4)
         major, minor = protocol >> 16, protocol & 0xFFFF
         if major != 3:
@@ -249,3 +251,130 @@ class Query:
 TERMINATE = frame(c.TERMINATE, b"")
 SSL_ACCEPT = b"S"
 SSL_REFUSE = b"N"
+
+
+def _cstring_at(body: bytes, pos: int) -> tuple[bytes, int]:
+    """The NUL-terminated string at ``pos`` and the position after its NUL."""
+    end = body.find(b"\x00", pos)
+    if end < 0:
+        raise ProtocolViolation("invalid string in message")
+    return body[pos:end], end + 1
+
+
+def _int16_at(body: bytes, pos: int) -> int:
+    if pos + 2 > len(body):
+        raise ProtocolViolation("insufficient data left in message")
+    return int.from_bytes(body[pos : pos + 2], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Parse:
+    """Parse ('P'): statement name, SQL text, parameter type OIDs."""
+
+    name: str
+    sql: str
+    param_types: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, body: bytes) -> Parse:
+        name, pos = _cstring_at(body, 0)
+        sql, pos = _cstring_at(body, pos)
+        count = _int16_at(body, pos)
+        pos += 2
+        if count < 0 or pos + 4 * count > len(body):
+            raise ProtocolViolation("insufficient data left in message")
+        types = struct.unpack_from(f"!{count}I", body, pos) if count else ()
+        return cls(_decode(name), _decode(sql), tuple(types))
+
+    def build(self) -> bytes:
+        body = self.name.encode() + b"\x00" + self.sql.encode() + b"\x00"
+        body += struct.pack(f"!h{len(self.param_types)}I", len(self.param_types), *self.param_types)
+        return frame(c.PARSE, body)
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Bind ('B'): portal, statement, parameter formats and values, result formats."""
+
+    portal: str
+    statement: str
+    param_formats: tuple[int, ...]
+    params: tuple[bytes | None, ...]
+    result_formats: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, body: bytes) -> Bind:
+        portal, pos = _cstring_at(body, 0)
+        statement, pos = _cstring_at(body, pos)
+        formats, pos = _int16_list(body, pos)
+        count = _int16_at(body, pos)
+        pos += 2
+        if count < 0:
+            raise ProtocolViolation("invalid parameter count in Bind message")
+        params: list[bytes | None] = []
+        for _ in range(count):
+            if pos + 4 > len(body):
+                raise ProtocolViolation("insufficient data left in message")
+            (length,) = _i.unpack_from(body, pos)
+            pos += 4
+            if length < 0:
+                params.append(None)
+                continue
+            if pos + length > len(body):
+                raise ProtocolViolation("insufficient data left in message")
+            params.append(bytes(body[pos : pos + length]))
+            pos += length
+        results, pos = _int16_list(body, pos)
+        return cls(_decode(portal), _decode(statement), formats, tuple(params), results)
+
+    def param_format(self, index: int) -> int:
+        """Format code (0 text, 1 binary) of parameter ``index`` (0-based)."""
+        if not self.param_formats:
+            return 0
+        if len(self.param_formats) == 1:
+            return self.param_formats[0]
+        return self.param_formats[index] if index < len(self.param_formats) else 0
+
+
+def _int16_list(body: bytes, pos: int) -> tuple[tuple[int, ...], int]:
+    count = _int16_at(body, pos)
+    pos += 2
+    if count < 0 or pos + 2 * count > len(body):
+        raise ProtocolViolation("insufficient data left in message")
+    values = struct.unpack_from(f"!{count}h", body, pos) if count else ()
+    return tuple(values), pos + 2 * count
+
+
+@dataclass(frozen=True)
+class Execute:
+    portal: str
+    max_rows: int
+
+    @classmethod
+    def parse(cls, body: bytes) -> Execute:
+        portal, pos = _cstring_at(body, 0)
+        if pos + 4 > len(body):
+            raise ProtocolViolation("insufficient data left in message")
+        (max_rows,) = _i.unpack_from(body, pos)
+        return cls(_decode(portal), max_rows)
+
+
+@dataclass(frozen=True)
+class CloseOrDescribe:
+    """Close ('C') or Describe ('D'): 'S' statement or 'P' portal, and its name."""
+
+    kind: str
+    name: str
+
+    @classmethod
+    def parse(cls, body: bytes) -> CloseOrDescribe:
+        if not body or body[0] not in (ord("S"), ord("P")):
+            raise ProtocolViolation("invalid Close/Describe target")
+        name, _ = _cstring_at(body, 1)
+        return cls(chr(body[0]), _decode(name))
+
+    def build_close(self) -> bytes:
+        return frame(c.CLOSE, self.kind.encode() + self.name.encode() + b"\x00")
+
+
+SYNC_MESSAGE = frame(c.SYNC, b"")

@@ -30,6 +30,7 @@ from pgtenantproxy.protocol.messages import (
     BackendKeyData,
     CancelRequest,
     GSSENCRequest,
+    ParameterStatus,
     SSLRequest,
     StartupMessage,
 )
@@ -51,6 +52,8 @@ class Established:
     proxy_key: bytes = field(repr=False)
     server_leftover: bytes
     client_leftover: bytes
+    #: ParameterStatus values the server reported during startup.
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 async def read_startup(
@@ -116,15 +119,20 @@ async def _relay_until_ready(
 ) -> Established:
     real_key: BackendKeyData | None = None
     proxy_key = b""
+    parameters: dict[str, str] = {}
     while True:
         msg = await _next(server, sreader)
-        if msg.type == c.BACKEND_KEY_DATA:
+        if msg.type == c.PARAMETER_STATUS:
+            status = ParameterStatus.parse(msg.body)
+            parameters[status.name] = status.value
+            client.write(msg.raw())
+        elif msg.type == c.BACKEND_KEY_DATA:
             real_key = BackendKeyData.parse(msg.body)
             proxy_key = secrets.token_bytes(len(real_key.key))
             client.write(BackendKeyData(real_key.pid, proxy_key).build())
         elif msg.type == c.READY_FOR_QUERY:
             client.write(msg.raw())
-            return Established(real_key, proxy_key, sreader.leftover(), creader.leftover())
+            return Established(real_key, proxy_key, sreader.leftover(), creader.leftover(), parameters)
         else:
             _relay_other(client, msg)
 

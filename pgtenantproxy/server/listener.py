@@ -24,6 +24,7 @@ from pgtenantproxy.protocol.messages import CancelRequest
 from pgtenantproxy.server.backend import upstream_tls_context
 from pgtenantproxy.server.cancel import CancelRegistry
 from pgtenantproxy.server.endpoint import Endpoint
+from pgtenantproxy.server.routed_relay import UnitRouter
 from pgtenantproxy.server.session import ClientSession
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,10 @@ def client_tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 class ProxyServer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, router: UnitRouter | None = None) -> None:
         self.config = config
+        #: Decides where client units go; None = plain session relay to unified.
+        self.router = router
         self.client_tls = client_tls_context(config)
         self.upstream_tls = upstream_tls_context(config.unified)
         self.cancels = CancelRegistry()

@@ -25,6 +25,8 @@ _CLIENT_WATCH = frozenset({c.QUERY, c.SYNC, c.FUNCTION_CALL, c.TERMINATE})
 _ANSWERED = frozenset({c.QUERY, c.SYNC, c.FUNCTION_CALL})
 _SERVER_WATCH = frozenset({c.READY_FOR_QUERY, c.ERROR_RESPONSE})
 _FATAL = (b"\x00VFATAL\x00", b"\x00VPANIC\x00")
+_TERMINATE = c.TERMINATE
+_READY_FOR_QUERY = c.READY_FOR_QUERY
 
 
 class Relay:
@@ -53,6 +55,8 @@ class Relay:
         self._on_violation = on_violation
         self._on_idle = on_idle
         self._on_terminate = on_terminate
+        self._to_server = server.write
+        self._to_client = client.write
         client.peer = server
         server.peer = client
 
@@ -76,29 +80,32 @@ class Relay:
         except ProtocolViolation as exc:
             self._on_violation(exc)
             return
-        self.server.write(data)
+        self._to_server(data)
         terminate = False
-        for frame in frames:
-            if frame.type == c.TERMINATE:
-                terminate = True
-            else:
-                self.owed += 1
+        if frames:
+            owed = self.owed
+            for frame in frames:
+                if frame[0] == _TERMINATE:
+                    terminate = True
+                else:
+                    owed += 1
+            self.owed = owed
         self.unsynced = not scanner.at_boundary or scanner.last_type not in _ANSWERED
         if terminate:
             self.unsynced = False
             self._on_terminate()
 
     def from_server(self, data: bytes) -> None:
-        self.client.write(data)
+        self._to_client(data)
         frames = self._server_scanner.feed(data)
         if not frames:
             return
-        for frame in frames:
-            if frame.type == c.READY_FOR_QUERY:
-                self.tx_status = frame.body[0] if frame.body else c.TX_IDLE
+        for mtype, body in frames:
+            if mtype == _READY_FOR_QUERY:
+                self.tx_status = body[0] if body else c.TX_IDLE
                 if self.owed:
                     self.owed -= 1
-            elif _FATAL[0] in frame.body or _FATAL[1] in frame.body:
+            elif _FATAL[0] in body or _FATAL[1] in body:
                 self.server_said_fatal = True
         if self.close_when_idle and self.idle:
             self._on_idle()

@@ -33,6 +33,7 @@ from pgtenantproxy.server.handshake import (
     relay_authentication,
 )
 from pgtenantproxy.server.relay import Relay
+from pgtenantproxy.server.routed_relay import RoutedRelay, SessionFacts
 
 if TYPE_CHECKING:
     from pgtenantproxy.server.listener import ProxyServer
@@ -56,7 +57,7 @@ class ClientSession:
         self.client = client
         self.peer = peer
         self.server: Endpoint | None = None
-        self.relay: Relay | None = None
+        self.relay: Relay | RoutedRelay | None = None
         self.established: Established | None = None
         self.startup: StartupMessage | None = None
         self._done = asyncio.get_running_loop().create_future()
@@ -104,13 +105,28 @@ class ClientSession:
         assert self.server is not None
         if est.real_key is not None:
             self.proxy.cancels.add(est.real_key.pid, est.proxy_key, self)
-        self.relay = Relay(
-            self.client,
-            self.server,
-            on_violation=self._violation,
-            on_idle=self._close_idle,
-            on_terminate=self._client_terminated,
-        )
+        router = self.proxy.router
+        if router is None:
+            self.relay = Relay(
+                self.client,
+                self.server,
+                on_violation=self._violation,
+                on_idle=self._close_idle,
+                on_terminate=self._client_terminated,
+            )
+        else:
+            assert self.startup is not None
+            facts = SessionFacts(startup=dict(self.startup.params), settings=dict(est.parameters))
+            self.relay = RoutedRelay(
+                self.client,
+                self.server,
+                router,
+                facts,
+                on_violation=self._violation,
+                on_idle=self._close_idle,
+                on_terminate=self._client_terminated,
+                on_tenant_failure=self._tenant_failed,
+            )
         self.relay.start(est.server_leftover, est.client_leftover)
         logger.debug("session %s established (user %s)", self.peer, self.startup and self.startup.user)
         if self._closing:
@@ -145,6 +161,10 @@ class ClientSession:
     def _client_terminated(self) -> None:
         self._end()
 
+    def _tenant_failed(self) -> None:
+        """A tenant server failed after part of its answer reached the client."""
+        self._end()
+
     def _violation(self, exc: ProtocolViolation) -> None:
         logger.warning("session %s: protocol violation from client: %s", self.peer, exc.message)
         self._fail(exc)
@@ -165,14 +185,16 @@ class ClientSession:
 
     # --- requests from the proxy ------------------------------------------
     def cancel_running_query(self) -> None:
-        est = self.established
-        if est is None or est.real_key is None:
-            return
-        cfg = self.proxy.config.unified
-        task = asyncio.get_running_loop().create_task(
-            send_cancel(cfg.host, cfg.port, est.real_key.pid, est.real_key.key)
-        )
-        self.proxy.track(task)
+        """Forward a cancel to whichever server runs this client's query now."""
+        relay = self.relay
+        target = relay.cancel_target() if isinstance(relay, RoutedRelay) else None
+        if target is None:
+            est = self.established
+            if est is None or est.real_key is None:
+                return
+            cfg = self.proxy.config.unified
+            target = (cfg.host, cfg.port, est.real_key.pid, est.real_key.key)
+        self.proxy.spawn(send_cancel(*target))
 
     @property
     def idle(self) -> bool:
