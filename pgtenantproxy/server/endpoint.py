@@ -16,11 +16,18 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 logger = logging.getLogger(__name__)
 
 HIGH_WATER = 256 * 1024
+
+
+class FlowPeer(Protocol):
+    """The other side of a relay: paused while this endpoint cannot write."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class ConnectionClosed(Exception):
@@ -31,7 +38,7 @@ class Endpoint(asyncio.Protocol):
     def __init__(self, name: str) -> None:
         self.name = name
         self.transport: asyncio.Transport | None = None
-        self.peer: Endpoint | None = None
+        self.peer: FlowPeer | None = None
         self.sink: Callable[[bytes], None] | None = None
         self.on_lost: Callable[[], None] | None = None
         self.is_tls = False
@@ -64,7 +71,7 @@ class Endpoint(asyncio.Protocol):
         self._eof = True
         self._lost = True
         self._wake()
-        if self.peer is not None and self.peer._reading_paused:
+        if self.peer is not None:
             self.peer.resume_reading()
         callback, self.on_lost = self.on_lost, None
         if callback is not None:

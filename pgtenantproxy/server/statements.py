@@ -57,5 +57,10 @@ class PreparedStatements:
                 name = name.lower()
             self.closed(name)
 
+    def copy(self) -> PreparedStatements:
+        other = PreparedStatements()
+        other._by_name = dict(self._by_name)
+        return other
+
     def __len__(self) -> int:
         return len(self._by_name)

@@ -22,6 +22,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from pgtenantproxy.pools.connection import ServerConnection
 from pgtenantproxy.pools.pool import TenantPool
@@ -36,7 +37,7 @@ from pgtenantproxy.protocol.messages import (
     Query,
 )
 from pgtenantproxy.server.backend import send_cancel
-from pgtenantproxy.server.endpoint import ConnectionClosed, Endpoint
+from pgtenantproxy.server.endpoint import ConnectionClosed, FlowPeer
 from pgtenantproxy.server.statements import PreparedStatements
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,16 @@ HOLD_LIMIT = 256 * 1024
 
 #: SQLSTATE classes that mean "the tenant side is broken", not "the query is wrong".
 BROKEN_CLASSES = ("08", "53", "57", "58", "XX", "3D", "28", "42P01", "42703", "42883", "42704", "26000")
+
+
+class AnswerSink(Protocol):
+    """Where a unit's answer goes: the client's endpoint, or a shadow-read collector."""
+
+    peer: FlowPeer | None
+
+    def write(self, data: bytes) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class Outcome(enum.Enum):
@@ -60,7 +71,7 @@ def is_broken(sqlstate: str) -> bool:
 class TenantBatch:
     def __init__(
         self,
-        client: Endpoint,
+        client: AnswerSink,
         pool: TenantPool,
         unit: Unit,
         statements: PreparedStatements,

@@ -139,3 +139,39 @@ def test_missing_table_on_tenant_falls_back(two_dbs: PgCluster, routed: tuple[Pr
     with psycopg.connect(_dsn(two_dbs, proxy.port), autocommit=True) as conn:
         assert conn.execute("SELECT /* tenant */ x FROM only_unified").fetchone() == (42,)
     assert ("unified", "fallback") in router.completions
+
+
+async def test_shadow_reader_compares_both_sides(two_dbs: PgCluster) -> None:
+    import asyncio
+
+    from pgtenantproxy.config import PoolsSection
+    from pgtenantproxy.pools.pool import PoolManager
+    from pgtenantproxy.protocol.batch import BatchAssembler
+    from pgtenantproxy.protocol.framing import Message
+    from pgtenantproxy.protocol.messages import Query
+    from pgtenantproxy.server.shadow import ShadowReader, ShadowResult
+    from pgtenantproxy.server.statements import PreparedStatements
+
+    async def provide(shop: int, refresh: bool) -> ServerTarget:
+        db = "tenant_one" if shop == 1 else "app"
+        return ServerTarget(two_dbs.host, two_dbs.port, db, "app", PASSWORDS["app"], sslmode="disable")
+
+    manager = PoolManager(PoolsSection(), provide)
+    results: list[ShadowResult] = []
+    shadow = ShadowReader(
+        tenant_pool=manager.pool, unified_pool=lambda: manager.pool(0),
+        sample_rate=1.0, timeout=5, on_result=results.append,
+    )
+
+    def unit(sql: str):  # type: ignore[no-untyped-def]
+        raw = Query(sql).build()
+        return BatchAssembler().feed(Message(raw[0], raw[5:]))[0]
+
+    for sql in ("SELECT shop_id, at FROM place", "SELECT name FROM place"):
+        shadow.submit(unit(sql), PreparedStatements(), {}, shop_id=1, ordered=False,
+                      tables=("place",), fingerprint="fp")
+        while shadow._tasks:
+            await asyncio.sleep(0.01)
+    assert [r.matches for r in results] == [True, False]  # same rows, then 'tenant' vs 'unified'
+    assert all(r.compared for r in results)
+    await manager.close()
