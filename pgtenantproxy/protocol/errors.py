@@ -67,16 +67,24 @@ def error_response(
     detail: str | None = None,
     hint: str | None = None,
 ) -> bytes:
-    """Build an ErrorResponse with the fields PostgreSQL always sends."""
+    """Build an ErrorResponse with the fields PostgreSQL always sends.
+
+    Field values are NUL-terminated on the wire, so a NUL inside a text is
+    dropped (it would end the field and start a forged one).
+    """
     fields = [
-        b"S" + severity.encode(),
-        b"V" + severity.encode(),
-        b"C" + sqlstate.encode(),
-        b"M" + message.encode("utf-8", "replace"),
+        b"S" + _text(severity),
+        b"V" + _text(severity),
+        b"C" + _text(sqlstate),
+        b"M" + _text(message),
     ]
     if detail:
-        fields.append(b"D" + detail.encode("utf-8", "replace"))
+        fields.append(b"D" + _text(detail))
     if hint:
-        fields.append(b"H" + hint.encode("utf-8", "replace"))
+        fields.append(b"H" + _text(hint))
     body = b"\x00".join(fields) + b"\x00\x00"
     return b"E" + struct.pack("!I", len(body) + 4) + body
+
+
+def _text(value: str) -> bytes:
+    return value.encode("utf-8", "replace").replace(b"\x00", b"")

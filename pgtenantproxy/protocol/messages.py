@@ -95,12 +95,13 @@ class StartupMessage:
                 f"unsupported frontend protocol {major}.{minor}: "
                 "server supports 3.0 to 3.2",
             )
-        parts = _cstrings(packet[8:])
-        # The list ends with an empty name (the packet's final NUL).
-        if not parts or parts[-1] != b"":
+        # name NUL value NUL ... then one final NUL (PostgreSQL's ProcessStartupPacket):
+        # no empty name, no name without a value, nothing after the terminator.
+        body = bytes(packet[8:])
+        if body != b"\x00" and not body.endswith(b"\x00\x00"):
             raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
-        parts = parts[:-1]
-        if len(parts) % 2:
+        parts = body[:-2].split(b"\x00") if body != b"\x00" else []
+        if len(parts) % 2 or b"" in parts[::2]:
             raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
         params = {_decode(parts[i]): _decode(parts[i + 1]) for i in range(0, len(parts), 2)}
         if "user" not in params or not params["user"]:
@@ -153,6 +154,30 @@ class Authentication:
     def build_sasl(cls, mechanisms: list[str]) -> bytes:
         payload = b"".join(m.encode() + b"\x00" for m in mechanisms) + b"\x00"
         return cls.build(c.AUTH_SASL, payload)
+
+
+@dataclass(frozen=True)
+class SASLInitialResponse:
+    """SASLInitialResponse ('p' after AuthenticationSASL): the chosen mechanism and its first message."""
+
+    mechanism: str
+    data: bytes = field(repr=False)
+
+    @classmethod
+    def parse(cls, body: bytes) -> SASLInitialResponse:
+        end = body.find(b"\x00")
+        if end <= 0 or len(body) < end + 5:
+            raise ProtocolViolation("malformed SASLInitialResponse message")
+        (length,) = _i.unpack_from(body, end + 1)
+        data = bytes(body[end + 5 :])
+        if length != len(data) and not (length == -1 and not data):
+            raise ProtocolViolation("malformed SASLInitialResponse message")
+        return cls(_decode(body[:end]), data)
+
+    @property
+    def gs2_flag(self) -> str:
+        """SCRAM's channel-binding flag: 'n' (unsupported), 'y' (supported, not offered), 'p' (in use)."""
+        return chr(self.data[0]) if self.data else ""
 
 
 @dataclass(frozen=True)

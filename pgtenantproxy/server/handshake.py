@@ -6,8 +6,13 @@ and a wrong password gets exactly PostgreSQL's error. The proxy looks at
 three things on the way:
 
 * ``AuthenticationSASL``: SCRAM-SHA-256-PLUS is removed from the offered
-  mechanisms, because channel binding ties the exchange to one TLS session and
-  the client's TLS session ends at the proxy.
+  mechanisms, because channel binding (``tls-server-end-point``) ties the
+  exchange to the certificate the client sees, and the client's TLS ends at
+  the proxy. The exception: when both legs use TLS and the proxy presents the
+  unified server's own certificate, the binding holds and -PLUS passes through.
+  With both legs on TLS but different certificates, a client that would bind
+  (gs2 flag 'y') is refused with a clear reason: the TLS server would call it
+  a downgrade attack, and the flag is covered by the proof so cannot be edited.
 * ``BackendKeyData``: the real process id goes to the client with a secret
   key of the proxy's own, so cancel requests come to the proxy.
 * ``ReadyForQuery``: the end of the startup phase.
@@ -15,9 +20,11 @@ three things on the way:
 
 from __future__ import annotations
 
+import functools
 import secrets
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol import errors
@@ -31,6 +38,7 @@ from pgtenantproxy.protocol.messages import (
     CancelRequest,
     GSSENCRequest,
     ParameterStatus,
+    SASLInitialResponse,
     SSLRequest,
     StartupMessage,
 )
@@ -90,26 +98,43 @@ async def _next(endpoint: Endpoint, reader: MessageReader) -> Message:
 
 
 async def relay_authentication(
-    client: Endpoint, server: Endpoint, startup: StartupMessage, client_leftover: bytes
+    client: Endpoint,
+    server: Endpoint,
+    startup: StartupMessage,
+    client_leftover: bytes,
+    *,
+    own_cert: str | None = None,
 ) -> Established:
-    """Relay the startup exchange until the server's first ReadyForQuery."""
+    """Relay the startup exchange until the server's first ReadyForQuery.
+
+    ``own_cert`` is the proxy's certificate file (``[proxy] tls_cert``), used to
+    decide whether SCRAM channel binding can pass through (see :func:`_same_certificate`).
+    """
     server.write(startup.raw)
     sreader = MessageReader()
     creader = MessageReader(_AUTH_LIMITS)
     creader.feed(client_leftover)
+    plus_withdrawn = False
     while True:
         msg = await _next(server, sreader)
         if msg.type != c.AUTHENTICATION:
             _relay_other(client, msg)
             continue
         auth = Authentication.parse(msg.body)
-        client.write(_filter_auth(auth, msg))
+        if auth.code == c.AUTH_SASL:
+            keep_plus = _same_certificate(client, server, own_cert)
+            plus_withdrawn = not keep_plus
+            client.write(msg.raw() if keep_plus else _without_plus(auth))
+        else:
+            client.write(msg.raw())
         if auth.code == c.AUTH_OK:
             break
         if auth.needs_response:
             answer = await _next(client, creader)
             if answer.type == c.TERMINATE:
                 raise ConnectionClosed("client")
+            if auth.code == c.AUTH_SASL and plus_withdrawn and server.is_tls:
+                _check_binding_flag(answer)
             server.write(answer.raw())
     return await _relay_until_ready(client, server, sreader, creader)
 
@@ -143,9 +168,7 @@ def _relay_other(client: Endpoint, msg: Message) -> None:
         raise ServerRefused()
 
 
-def _filter_auth(auth: Authentication, msg: Message) -> bytes:
-    if auth.code != c.AUTH_SASL:
-        return msg.raw()
+def _without_plus(auth: Authentication) -> bytes:
     mechanisms = [m for m in auth.sasl_mechanisms() if not m.endswith("-PLUS")]
     if not mechanisms:
         raise ProxyError(
@@ -154,3 +177,51 @@ def _filter_auth(auth: Authentication, msg: Message) -> bytes:
             "which cannot pass through a proxy",
         )
     return Authentication.build_sasl(mechanisms)
+
+
+def _same_certificate(client: Endpoint, server: Endpoint, own_cert: str | None) -> bool:
+    """True when both legs use TLS and the proxy presents the server's own certificate.
+
+    SCRAM-SHA-256-PLUS binds to ``tls-server-end-point``, a hash of the
+    certificate the client sees. Only when that is the unified server's
+    certificate too can the binding (and the offer of -PLUS) pass through.
+    """
+    if own_cert is None or not client.is_tls or not server.is_tls or server.transport is None:
+        return False
+    ssl_object = server.transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return False
+    peer = ssl_object.getpeercert(binary_form=True)
+    return peer is not None and peer == _certificate_der(own_cert)
+
+
+@functools.lru_cache(maxsize=4)
+def _certificate_der(path: str) -> bytes:
+    """The first (leaf) certificate of a PEM file, DER-encoded."""
+    text = Path(path).read_text(encoding="ascii", errors="replace")
+    end = "-----END CERTIFICATE-----"
+    start = text.find("-----BEGIN CERTIFICATE-----")
+    stop = text.find(end, start)
+    if start < 0 or stop < 0:
+        return b""
+    return ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)])
+
+
+def _check_binding_flag(answer: Message) -> None:
+    """Refuse, with a clear reason, a SCRAM start the TLS server would reject.
+
+    With -PLUS withdrawn, a TLS client that supports channel binding says so
+    (gs2 flag 'y'); a TLS server that does support it treats that as a
+    downgrade attack. Rewriting the flag is impossible: it is covered by the
+    client's proof.
+    """
+    if answer.type != c.PASSWORD:
+        return
+    if SASLInitialResponse.parse(answer.body).gs2_flag == "y":
+        raise ProxyError(
+            errors.PROTOCOL_VIOLATION,
+            "pgtenantproxy: SCRAM channel binding cannot pass through the proxy: "
+            "the unified server uses TLS with a certificate other than the proxy's",
+            hint="Connect with channel_binding=disable, or give the proxy ([proxy] tls_cert and "
+            "tls_key) the unified server's certificate so that channel binding passes through.",
+        )

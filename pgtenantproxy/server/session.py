@@ -8,9 +8,10 @@ Lifecycle (one coroutine, :meth:`ClientSession.run`):
    relay authentication: all under the authentication timeout (57014);
 3. relay until either side goes away.
 
-Ending: whichever side ends first, the other is closed too. A client that
-vanishes while its server is busy gets its query cancelled, so no backend
-keeps running for nobody. A server that vanishes without saying why gets the
+Ending: whichever side ends first, the other is closed too. A session that
+ends while its server is busy (client vanished, protocol violation, shutdown
+timeout) gets its query cancelled, once, in ``_finish``, so no backend keeps
+running for nobody; never after its server is gone. A server that vanishes without saying why gets the
 client a FATAL 08006. Errors of the proxy's own reach the client as
 ErrorResponses with their SQLSTATE.
 """
@@ -96,7 +97,9 @@ class ClientSession:
             self.proxy.admit(self)
             self.server = await open_server(self.proxy.config.unified, self.proxy.upstream_tls)
             self.server.on_lost = self._server_lost
-            self.established = await relay_authentication(self.client, self.server, packet, leftover)
+            self.established = await relay_authentication(
+                self.client, self.server, packet, leftover, own_cert=self.proxy.config.proxy.tls_cert
+            )
         if self._done.done():
             return
         self._start_relay(self.established)
@@ -133,6 +136,13 @@ class ClientSession:
             self.request_close()
 
     def _finish(self) -> None:
+        # The session is over: later connection events need no reaction (a client
+        # closed after its server vanished must not cancel on a dead server).
+        self.client.on_lost = None
+        if self.server is not None:
+            self.server.on_lost = None
+            if not self.idle and self.server.is_open:
+                self.cancel_running_query()  # nobody is left to read the answer
         if self.established is not None and self.established.real_key is not None:
             self.proxy.cancels.remove(self.established.real_key.pid, self)
         if self.server is not None:
@@ -147,10 +157,7 @@ class ClientSession:
 
     # --- events from the endpoints and the relay ---------------------------
     def _client_lost(self) -> None:
-        relay = self.relay
-        if relay is not None and not relay.idle:
-            self.cancel_running_query()
-        self._end()
+        self._end()  # a query still running is cancelled by _finish
 
     def _server_lost(self) -> None:
         relay = self.relay
@@ -212,9 +219,7 @@ class ClientSession:
             relay.close_when_idle = True
 
     def force_close(self) -> None:
-        """Shutdown timeout reached: cancel what runs and close."""
-        if self.relay is not None and not self.relay.idle:
-            self.cancel_running_query()
+        """Shutdown timeout reached: close (_finish cancels what runs)."""
         self._fail(SHUTDOWN_ERROR)
         self._end()
         self.client.close()
