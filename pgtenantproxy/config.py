@@ -155,8 +155,12 @@ class TenancySection:
     placement: str = _opt("fewest_tenants", _one_of("fewest_tenants", "hash"))
     #: 64 hex chars (AES-256 key); TENANT_ENCRYPTION_KEY overrides. Prefer the env var.
     encryption_key_env: str = _opt("TENANT_ENCRYPTION_KEY")
+    #: env var with comma-separated previous keys (decrypt only), for key rotation.
+    previous_keys_env: str = _opt("TENANT_ENCRYPTION_KEY_PREVIOUS")
     credential_cache_ttl_s: int = _opt(3600, _positive)
     provision_concurrency: int = _opt(8, _positive)
+    #: SQL listing every shop id for ``provision --all``; "auto" = distinct tenant_column values.
+    shops_query: str = _opt("auto")
 
 
 IDENTIFY_SOURCES = ("startup", "set", "comment", "query")
@@ -202,6 +206,36 @@ class PoolsSection:
     max_total_connections: int = _opt(400, _positive)
 
 
+def _backoffs(value: Any) -> str | None:
+    if not value or any(v < 0 for v in value):
+        return "must be a non-empty list of delays in milliseconds (0 or greater)"
+    return None
+
+
+@dataclass(frozen=True)
+class DualWriteSection:
+    """Write mirroring (:mod:`pgtenantproxy.dualwrite`); ENABLE_DUAL_WRITE overrides ``enabled``."""
+
+    #: Install write capture at startup (``dual-write enable`` does it on demand).
+    enabled: bool = _opt(False)
+    #: Run the mirror worker inside the proxy (``pgtenantproxy mirror`` runs it on its own).
+    run_worker: bool = _opt(True, restart=True)
+    #: Reads of a shop go to its tenant database only while its mirror lag is under this.
+    max_lag_ms: int = _opt(1000, _positive)
+    #: Retries of a failing entry before it is dead-lettered (the first try is not counted).
+    retry_attempts: int = _opt(3, _non_negative)
+    #: Delay before retry 1, 2, ...; the last value repeats when there are more retries.
+    retry_backoff_ms: tuple[int, ...] = _opt((1000, 2000, 4000), _backoffs)
+    #: Outbox entries of one shop applied in one tenant transaction, at most.
+    batch_size: int = _opt(1000, _positive)
+    #: How often an idle worker looks for new outbox entries.
+    poll_interval_ms: int = _opt(100, _positive)
+    #: How often the lag / read-your-writes status is refreshed from the control schema.
+    status_interval_ms: int = _opt(150, _positive)
+    #: Shops one worker applies at the same time.
+    concurrency: int = _opt(4, _positive)
+
+
 @dataclass(frozen=True)
 class LoggingSection:
     level: str = _opt("info", _one_of("debug", "info", "warning", "error"))
@@ -214,6 +248,7 @@ class Config:
     tenancy: TenancySection = field(default_factory=TenancySection)
     routing: RoutingSection = field(default_factory=RoutingSection)
     pools: PoolsSection = field(default_factory=PoolsSection)
+    dual_write: DualWriteSection = field(default_factory=DualWriteSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     tenant_servers: tuple[TenantServerSection, ...] = ()
     source: str | None = None  # the file it came from, for messages
@@ -226,6 +261,7 @@ SECTIONS: dict[str, type] = {
     "tenancy": TenancySection,
     "routing": RoutingSection,
     "pools": PoolsSection,
+    "dual_write": DualWriteSection,
     "logging": LoggingSection,
 }
 #: Sections that are arrays of tables (``[[name]]``).
@@ -249,6 +285,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "TENANT_DB_CONNECTION_TIMEOUT": ("pools", "connection_timeout_ms", int),
     "MIGRATION_STRATEGY": ("routing", "strategy", str),
     "ENABLE_TENANT_READS": ("routing", "enable_tenant_reads", _env_bool),
+    "ENABLE_DUAL_WRITE": ("dual_write", "enabled", _env_bool),
 }
 
 
@@ -259,6 +296,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not valid UTF-8 (byte {exc.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -308,7 +347,9 @@ def _apply_env(data: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str,
             value: Any = kind(raw)
         except ValueError:
             raise ConfigError(f"{var} (overrides [{section}] {key}): invalid value {raw!r}") from None
-        out.setdefault(section, {})[key] = value
+        table = out.setdefault(section, {})
+        if isinstance(table, dict):  # else parse_config reports "must be a table"
+            table[key] = value
     superuser = environ.get("POSTGRES_SUPERUSER")
     if superuser and isinstance(out.get("tenant_servers"), list):
         out["tenant_servers"] = [

@@ -15,6 +15,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -92,6 +93,32 @@ def _run_as() -> tuple[int | None, int | None]:
             "running as root, but there is no 'postgres' OS user to run the server as"
         ) from None
     return pw.pw_uid, pw.pw_gid
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _chown_for_server(path: Path) -> None:
@@ -210,12 +237,53 @@ class PgCluster:
             except ProcessLookupError:
                 pass
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
+            while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.05)
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster and every server process at once.
+
+        The whole server vanishes without a word to any client (an OOM kill, a
+        lost host). A plain :meth:`kill` leaves the backends running, and they
+        tell their clients "unexpected postmaster exit" (57P01) themselves.
+        """
+        pidfile = self.datadir / "postmaster.pid"
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text().split()[0])
+        try:
+            os.kill(pid, signal.SIGSTOP)  # it must not react to its children dying
+        except ProcessLookupError:
+            return
+        children = _children(pid)
+        for child in children:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.05)
+
+    def start_same_port(self, *, timeout: float = 30) -> None:
+        """Start again on the port it had, after :meth:`kill` or :meth:`crash`.
+
+        Retried until ``timeout``: orphaned backends of a killed postmaster hold
+        the shared memory (and the port) for a moment.
+        """
+        self._write_conf()
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self._pg(
+                "pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start",
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pg_ctl start failed ({result.returncode}):\n{result.stdout[-2000:]}")
+            time.sleep(0.2)
 
     def destroy(self) -> None:
         self.stop("immediate")

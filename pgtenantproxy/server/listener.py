@@ -131,9 +131,11 @@ class ProxyServer:
                 pass
         for session in list(self.sessions):
             session.force_close()
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        # Sessions ending now spawn tasks of their own (cancels): wait for those too.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while (pending := [t for t in self._tasks if not t.done()]) and loop.time() < deadline:
+            await asyncio.wait(pending, timeout=deadline - loop.time())
         if self._server is not None:
             await self._server.wait_closed()
         logger.info("shut down")
