@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from pgtenantproxy import __version__
-from pgtenantproxy.cli import demo, serve
+from pgtenantproxy.cli import demo, serve, tenancy
 from pgtenantproxy.cli.common import CommandError
 
-COMMANDS = (serve, demo)
+COMMANDS = (serve, demo, tenancy)
 
 
 def build_parser() -> argparse.ArgumentParser:

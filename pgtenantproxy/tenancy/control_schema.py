@@ -1,0 +1,179 @@
+"""The ``pgtenantproxy`` control schema in the unified database, created and upgraded in place.
+
+Every change to the control schema is a numbered step in :data:`MIGRATIONS`,
+applied in order, each in its own transaction together with its row in
+``pgtenantproxy.schema_version``. :func:`ensure_control_schema` is idempotent and
+safe to call from several processes at once (a transaction-level advisory lock
+serialises upgrades); it refuses to run against a schema newer than this
+program. Later components add their tables by appending steps here: never edit
+a released step.
+
+Advisory lock keys used by the control plane (two-int form, first int = namespace):
+
+* ``(CONTROL_LOCK, 0)``: control schema upgrades;
+* ``(CONTROL_LOCK, 1)``: tenant server placement (count + claim, so concurrent
+  provisions spread evenly);
+* ``(SHOP_LOCK, shop)``: everything that creates or drops a shop's database.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+
+from pgtenantproxy.tenancy.errors import ControlSchemaError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "pgtenantproxy"
+CONTROL_LOCK = 0x50475450  # "PGTP"
+SHOP_LOCK = 0x50475451
+PLACEMENT_LOCK_ID = 1
+UPGRADE_LOCK_ID = 0
+
+#: tenant_provisions.state values.
+PROVISIONING = "provisioning"
+PROVISIONED = "provisioned"
+FAILED = "failed"
+DEPROVISIONED = "deprovisioned"
+STATES = (PROVISIONING, PROVISIONED, FAILED, DEPROVISIONED)
+
+
+@dataclass(frozen=True)
+class ControlMigration:
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[ControlMigration, ...] = (
+    ControlMigration(
+        1,
+        "tenancy: provisioning state, audit log, encrypted credential registry, tenant migrations",
+        """
+        CREATE TABLE pgtenantproxy.tenant_provisions (
+            shop_id         bigint PRIMARY KEY,
+            state           text NOT NULL CHECK (state IN
+                                ('provisioning', 'provisioned', 'failed', 'deprovisioned')),
+            server          text,
+            database_name   text NOT NULL,
+            role_name       text NOT NULL,
+            step            text,
+            error           text,
+            schema_version  integer NOT NULL DEFAULT 0,
+            attempts        integer NOT NULL DEFAULT 0,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            updated_at      timestamptz NOT NULL DEFAULT now(),
+            provisioned_at  timestamptz
+        );
+        CREATE INDEX tenant_provisions_server ON pgtenantproxy.tenant_provisions (server, state);
+        CREATE TABLE pgtenantproxy.migration_log (
+            id       bigserial PRIMARY KEY,
+            at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+            shop_id  bigint,
+            action   text NOT NULL,
+            step     text,
+            status   text NOT NULL,
+            detail   text,
+            actor    text NOT NULL DEFAULT current_user
+        );
+        CREATE INDEX migration_log_shop ON pgtenantproxy.migration_log (shop_id, id);
+        CREATE TABLE pgtenantproxy.tenant_credentials (
+            shop_id              bigint PRIMARY KEY,
+            server               text NOT NULL,
+            host                 text NOT NULL,
+            port                 integer NOT NULL,
+            database_name        text NOT NULL,
+            username             text NOT NULL,
+            key_id               text NOT NULL,
+            password_enc         bytea NOT NULL,
+            dsn_enc              bytea NOT NULL,
+            active               boolean NOT NULL DEFAULT true,
+            created_at           timestamptz NOT NULL DEFAULT now(),
+            updated_at           timestamptz NOT NULL DEFAULT now(),
+            last_used_at         timestamptz,
+            password_rotated_at  timestamptz
+        );
+        CREATE INDEX tenant_credentials_key ON pgtenantproxy.tenant_credentials (key_id);
+        CREATE TABLE pgtenantproxy.tenant_migrations (
+            version      integer PRIMARY KEY,
+            name         text NOT NULL,
+            checksum     text NOT NULL,
+            recorded_at  timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+async def control_schema_version(conn: asyncpg.Connection) -> int:
+    """The version the database is at (0 when the control schema does not exist)."""
+    exists = await conn.fetchval("SELECT to_regclass('pgtenantproxy.schema_version') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM pgtenantproxy.schema_version"))
+
+
+async def ensure_control_schema(conn: asyncpg.Connection) -> int:
+    """Create or upgrade the control schema; returns the version it is at."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", CONTROL_LOCK, UPGRADE_LOCK_ID)
+        await conn.execute(
+            "CREATE SCHEMA IF NOT EXISTS pgtenantproxy;"
+            "REVOKE ALL ON SCHEMA pgtenantproxy FROM PUBLIC;"
+            "CREATE TABLE IF NOT EXISTS pgtenantproxy.schema_version ("
+            " version integer PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = await control_schema_version(conn)
+    if current > LATEST_VERSION:
+        raise ControlSchemaError(
+            f"the control schema is at version {current}, newer than this pgtenantproxy knows "
+            f"({LATEST_VERSION}): upgrade pgtenantproxy"
+        )
+    for step in MIGRATIONS:
+        if step.version <= current:
+            continue
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", CONTROL_LOCK, UPGRADE_LOCK_ID)
+            if await control_schema_version(conn) >= step.version:
+                continue  # another process applied it meanwhile
+            await conn.execute(step.sql)
+            await conn.execute(
+                "INSERT INTO pgtenantproxy.schema_version (version, description) VALUES ($1, $2)",
+                step.version,
+                step.description,
+            )
+        logger.info("control schema upgraded to version %s: %s", step.version, step.description)
+    return await control_schema_version(conn)
+
+
+async def audit(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    shop_id: int | None,
+    action: str,
+    status: str,
+    step: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Append one row to ``pgtenantproxy.migration_log`` (the audit log)."""
+    await conn.execute(
+        "INSERT INTO pgtenantproxy.migration_log (shop_id, action, step, status, detail)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        shop_id,
+        action,
+        step,
+        status,
+        detail,
+    )
+
+
+def shop_lock_key(shop_id: int) -> int:
+    """The second int of a shop's advisory lock (folded into int4; collisions only serialise)."""
+    folded = shop_id & 0xFFFFFFFF
+    return folded - (1 << 32) if folded >= (1 << 31) else folded
