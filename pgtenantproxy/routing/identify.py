@@ -1,0 +1,270 @@
+"""Which shop a statement belongs to, and according to whom.
+
+Sources, consulted in the order ``[routing] identify`` lists them:
+
+* ``startup``: ``options=-c pgtenantproxy.shop_id=N`` (or ``--pgtenantproxy.shop_id=N``,
+  or the setting sent as a startup parameter of its own), parsed as PostgreSQL
+  does (``pg_split_opts``: blanks separate, backslash escapes);
+* ``set``: ``SET [SESSION|LOCAL] pgtenantproxy.shop_id``, tracked over
+  transactions by :class:`~pgtenantproxy.routing.session_shop.SessionShop`;
+* ``comment``: ``/* shop_id=N */`` in the SQL text;
+* ``query``: the tenant-column pins the analyser found, ``$n`` resolved from
+  the Bind message.
+
+The first three are *declarations*: the application says the statement is
+about shop N, which also covers tenant-table occurrences the query itself
+does not pin. The query is *evidence*: without a declaration every tenant-table
+occurrence must be pinned for the statement to have a shop. Either way every
+source that says something must agree, and the query's pins are always checked
+(even when ``query`` is not a listed source): a declaration of shop 5 on a
+statement pinned to shop 6 is a conflict, never shop 5. The source recorded is
+the first listed source that names the shop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
+
+from pgtenantproxy.routing.model import SHOP_SETTING, Analysis, ShopRef, StatementAnalysis
+from pgtenantproxy.routing.session_shop import SessionShop
+from pgtenantproxy.routing.tables import is_tenant_table
+from pgtenantproxy.routing.values import int_text
+
+__all__ = [
+    "BoundParams",
+    "Claim",
+    "Identification",
+    "QueryShops",
+    "SessionShop",
+    "comment_claim",
+    "decode_shop",
+    "identify",
+    "query_shops",
+    "resolve",
+    "set_claim",
+    "startup_claim",
+    "startup_settings",
+]
+
+INT2, INT4, INT8 = 21, 23, 20
+_INT_LENGTHS = {INT2: 2, INT4: 4, INT8: 8}
+_TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705})  # text, varchar, bpchar, name, unknown
+_CAST_OIDS = {"int2": INT2, "int4": INT4, "int8": INT8, "text": 25, "varchar": 1043, "bpchar": 1042}
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A declared shop: ``shop_id`` None when the source names something that is not a shop id."""
+
+    source: str
+    shop_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Identification:
+    shop_id: int | None
+    source: str | None
+    #: "identified", or why not: no_shop, unpinned_table, multiple_shops, conflict,
+    #: unresolved (a $n without a usable value), invalid_claim.
+    reason: str
+
+    @property
+    def identified(self) -> bool:
+        return self.shop_id is not None
+
+
+# -- startup ------------------------------------------------------------------------------------
+
+
+def _split_options(options: str) -> list[str]:
+    """PostgreSQL's pg_split_opts: blank-separated words, backslash escapes the next character."""
+    words: list[str] = []
+    current: list[str] = []
+    escaped = in_word = False
+    for ch in options:
+        if ch.isspace() and not escaped:
+            if in_word:
+                words.append("".join(current))
+                current, in_word = [], False
+            continue
+        in_word = True
+        if ch == "\\" and not escaped:
+            escaped = True
+            continue
+        current.append(ch)
+        escaped = False
+    if in_word:
+        words.append("".join(current))
+    return words
+
+
+def startup_settings(options: str) -> dict[str, str]:
+    """Settings given by ``-c name=value``, ``-cname=value`` or ``--name=value`` (last one wins)."""
+    settings: dict[str, str] = {}
+    words = _split_options(options)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "-c" and i < len(words):
+            spec = words[i]
+            i += 1
+        elif word.startswith("--"):
+            spec = word[2:]
+        elif word.startswith("-c") and len(word) > 2:
+            spec = word[2:]
+        else:
+            continue
+        name, eq, value = spec.partition("=")
+        if eq:
+            settings[name.replace("-", "_").lower()] = value
+    return settings
+
+
+def startup_claim(parameters: Mapping[str, str]) -> Claim | None:
+    """The shop the startup packet declares; the parameter of its own wins over ``options``."""
+    value = startup_settings(parameters.get("options", "")).get(SHOP_SETTING)
+    for key, raw in parameters.items():
+        if key.lower() == SHOP_SETTING:
+            value = raw
+    return None if value is None else Claim("startup", int_text(value))
+
+
+def set_claim(session: SessionShop) -> Claim | None:
+    """What the session's SET says now (UNKNOWN and non-shop values claim no usable shop)."""
+    value = session.value
+    if value is None:
+        return None
+    return Claim("set", value if isinstance(value, int) else None)
+
+
+def comment_claim(analysis: Analysis) -> Claim | None:
+    shops = analysis.comment_shops
+    if not shops:
+        return None
+    return Claim("comment", next(iter(shops)) if len(shops) == 1 else None)
+
+
+# -- Bind parameters ----------------------------------------------------------------------------
+
+
+def decode_shop(raw: bytes, fmt: int, type_oid: int, cast: str | None = None) -> int | None:
+    """A bound parameter value as a shop id.
+
+    Text format: the integer text. Binary: int2/int4/int8 by their declared type
+    (from Parse, else from a cast in the SQL), text types as text; with no type
+    at all the server takes the tenant column's type, assumed to be an integer
+    type, so 2, 4 or 8 bytes are read as a big-endian signed integer.
+    """
+    if fmt == 0:
+        return _text_shop(raw)
+    oid = type_oid or _CAST_OIDS.get(cast or "", 0)
+    if oid in _INT_LENGTHS:
+        return int.from_bytes(raw, "big", signed=True) if len(raw) == _INT_LENGTHS[oid] else None
+    if oid in _TEXT_OIDS:
+        return _text_shop(raw)
+    if oid == 0 and len(raw) in (2, 4, 8):
+        return int.from_bytes(raw, "big", signed=True)
+    return None
+
+
+def _text_shop(raw: bytes) -> int | None:
+    try:
+        return int_text(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundParams:
+    """Parameter values of one Bind, with the Parse's declared types."""
+
+    values: tuple[bytes | None, ...]
+    #: Bind's format codes: none (all text), one (for all), or one per value.
+    formats: tuple[int, ...] = ()
+    type_oids: tuple[int, ...] = ()
+
+    def shop(self, ref: ShopRef) -> int | None:
+        if ref.value is not None:
+            return ref.value
+        if ref.param is None or not 0 < ref.param <= len(self.values):
+            return None
+        index = ref.param - 1
+        raw = self.values[index]
+        if raw is None:
+            return None
+        formats = self.formats
+        fmt = formats[0] if len(formats) == 1 else (formats[index] if index < len(formats) else 0)
+        oid = self.type_oids[index] if index < len(self.type_oids) else 0
+        return decode_shop(raw, fmt, oid, ref.cast)
+
+
+def resolve(ref: ShopRef, params: BoundParams | None) -> int | None:
+    if ref.value is not None:
+        return ref.value
+    return params.shop(ref) if params is not None else None
+
+
+# -- identification -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueryShops:
+    """What the pins of a statement's tenant-table occurrences say."""
+
+    shops: frozenset[int]
+    unpinned: bool  # some tenant-table occurrence has no pin
+    unresolved: bool  # some pin is a parameter without a usable value
+
+
+def query_shops(stmt: StatementAnalysis, params: BoundParams | None, tenant_tables: Set[str]) -> QueryShops:
+    shops: set[int] = set()
+    unpinned = unresolved = False
+    for occ in stmt.occurrences:
+        if not is_tenant_table(occ.table, tenant_tables):
+            continue
+        if not occ.pins:
+            unpinned = True
+        for ref in occ.pins:
+            value = resolve(ref, params)
+            if value is None:
+                unresolved = True
+            else:
+                shops.add(value)
+    return QueryShops(frozenset(shops), unpinned, unresolved)
+
+
+def _none(reason: str) -> Identification:
+    return Identification(None, None, reason)
+
+
+def identify(
+    stmt: StatementAnalysis,
+    *,
+    order: Sequence[str],
+    claims: Sequence[Claim | None] = (),
+    params: BoundParams | None = None,
+    tenant_tables: Set[str],
+) -> Identification:
+    """The statement's shop from the listed sources, or why there is none."""
+    query = query_shops(stmt, params, tenant_tables)
+    if query.unresolved:
+        return _none("unresolved")
+    if len(query.shops) > 1:
+        return _none("multiple_shops")
+    declared = [c for c in claims if c is not None and c.source in order]
+    if any(c.shop_id is None for c in declared):
+        return _none("invalid_claim")
+    named = {c.shop_id for c in declared if c.shop_id is not None} | set(query.shops)
+    if len(named) > 1:
+        return _none("conflict")
+    use_query = "query" in order and bool(query.shops)
+    if not declared and not use_query:
+        return _none("no_shop")
+    if not declared and query.unpinned:
+        return _none("unpinned_table")
+    (shop,) = named
+    speakers = {c.source for c in declared} | ({"query"} if use_query else set())
+    source = next(s for s in order if s in speakers)
+    return Identification(shop, source, "identified")
