@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from pgtenantproxy.config import Config
+from pgtenantproxy.dispatch.runtime import RoutingRuntime
 from pgtenantproxy.server.listener import ProxyServer
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ async def run_proxy(
     config: Config, *, ready: Callable[[ProxyServer], Awaitable[None] | None] | None = None
 ) -> None:
     """Start the proxy and serve until a termination signal."""
-    proxy = ProxyServer(config)
+    runtime = await RoutingRuntime.start(config) if config.tenant_servers else None
+    proxy = ProxyServer(config, router=runtime.dispatcher if runtime is not None else None)
     await proxy.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -46,6 +48,8 @@ async def run_proxy(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await proxy.shutdown()
+        if runtime is not None:
+            await runtime.stop()
 
 
 def serve(config: Config) -> None:

@@ -196,6 +196,10 @@ class RoutingSection:
     identify: tuple[str, ...] = _opt(IDENTIFY_SOURCES, _identify)
     analysis_cache_size: int = _opt(10000, _positive)
     fallback_ban_ms: int = _opt(30000, _non_negative)
+    #: A tenant read with no complete answer within this is cancelled and re-run on unified.
+    tenant_timeout_ms: int = _opt(5000, _positive)
+    #: How often the routing catalog (ready shops, tenant tables, overrides) is refreshed.
+    catalog_refresh_ms: int = _opt(1000, _positive)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,10 @@ class SessionFacts:
     #: Anything the router keeps per session (SET shop tracking, watermarks...).
     router_state: object | None = None
 
+    def shared_settings(self) -> dict[str, str]:
+        """The settings a tenant connection must share with this session."""
+        return {k: v for k, v in self.settings.items() if k in SHARED_SETTINGS}
+
 
 class UnitRouter(Protocol):
     def decide(self, unit: Unit, facts: SessionFacts) -> Decision: ...
@@ -115,6 +119,7 @@ class RoutedRelay:
         self._on_terminate = on_terminate
         self._on_tenant_failure = on_tenant_failure
         self._client_paused = False
+        self._unit_failed = False  # an ErrorResponse since the last ReadyForQuery
         client.peer = server
         server.peer = client
 
@@ -194,15 +199,17 @@ class RoutedRelay:
         self._backpressure()
 
     def _decide(self, unit: Unit) -> Decision:
-        if not unit.complete or unit.pinned:
+        """Ask the router about complete units (pinned ones too, for its bookkeeping)."""
+        if not unit.complete:
             return UNIFIED_PINNED
         try:
-            return self.router.decide(unit, self.facts)
-        except ProtocolViolation:
-            raise
+            decision = self.router.decide(unit, self.facts)
         except Exception:
             logger.exception("routing failed; unit sent to unified")
             return Decision("unified", reason="router_error")
+        if decision.tenant and (unit.pinned or self.facts.tx_status != c.TX_IDLE):
+            return UNIFIED_PINNED  # never, whatever a router says
+        return decision
 
     def _send_unified(self, unit: Unit, decision: Decision) -> None:
         self.server.write(unit.raw())
@@ -227,7 +234,7 @@ class RoutedRelay:
             self.router.pool(decision.shop_id),
             unit,
             self.facts.statements,
-            {k: v for k, v in self.facts.settings.items() if k in SHARED_SETTINGS},
+            self.facts.shared_settings(),
             timeout=self.router.tenant_timeout,
         )
         self.tenant_batch = batch
@@ -272,15 +279,18 @@ class RoutedRelay:
                 if self.owed:
                     self.owed -= 1
                     self._unified_done()
+                self._unit_failed = False
                 answered = True
+            elif frame.type == c.ERROR_RESPONSE:
+                self._unit_failed = True
+                if _FATAL[0] in frame.body or _FATAL[1] in frame.body:
+                    self.server_said_fatal = True
             elif frame.type == c.PARAMETER_STATUS:
                 try:
                     ps = ParameterStatus.parse(frame.body)
                 except ProxyError:
                     continue
                 self.facts.settings[ps.name] = ps.value
-            elif _FATAL[0] in frame.body or _FATAL[1] in frame.body:
-                self.server_said_fatal = True
         if answered:
             if self.close_when_idle and self.idle:
                 self._on_idle()
@@ -291,7 +301,10 @@ class RoutedRelay:
         if not self._pending_unified:
             return
         unit, decision, started = self._pending_unified.popleft()
-        outcome = "fallback" if decision.reason == "fallback" else "ok"
+        if self._unit_failed:
+            outcome = "error"
+        else:
+            outcome = "fallback" if decision.reason == "fallback" else "ok"
         self.router.completed(unit, self.facts, decision, outcome, time.perf_counter() - started)
 
     def seed_settings(self, parameters: dict[str, str]) -> None:

@@ -144,6 +144,7 @@ class ShadowReader:
             logger.debug("shadow read failed", exc_info=True)
             return None
         if outcome is not Outcome.DONE or not sink.digest.done:
+            logger.info("shadow read did not complete: %s", batch.error or outcome.value)
             return None
         return sink.digest.summary()
 

@@ -1,21 +1,10 @@
-"""Fixtures of the tenancy tests: one unified + two tenant servers per session, reset per module."""
+"""Fixtures of the tenancy tests: the shared tenancy bed (tests/conftest.py), reset per module."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.fixtures.tenancy import TenancyBed, make_tenancy_bed
-
-
-@pytest.fixture(scope="session")
-def tenancy_bed() -> Iterator[TenancyBed]:
-    bed = make_tenancy_bed()
-    try:
-        yield bed
-    finally:
-        bed.destroy()
+from tests.fixtures.tenancy import TenancyBed
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,261 @@
+"""The session layer's router: the routing core applied to live sessions.
+
+Per unit, :meth:`Dispatcher.decide` extracts what the unit executes
+(:mod:`.items`), asks the routing core with the session's own state (startup
+claim, ``SET pgtenantproxy.shop_id`` tracking, temporary tables that shadow
+tenant tables), the catalog snapshot (tenant tables, ready shops, overrides),
+and this session's read-your-writes state, and returns a :class:`Decision`.
+Units the relay had to pin to unified (after a Flush, COPY, FunctionCall) are
+still analysed, so SET tracking never misses a statement, but they run on
+unified whatever the answer.
+
+Eligibility of a shop for this session = ready in the catalog, and, when write
+mirroring is on, the mirror healthy and caught up (lag under ``max_lag_ms``,
+no dead letters) and caught up with this session's own writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
+from pgtenantproxy.dispatch.items import unit_items
+from pgtenantproxy.pools.pool import PoolManager, TenantPool
+from pgtenantproxy.protocol import constants as c
+from pgtenantproxy.protocol.batch import Unit
+from pgtenantproxy.protocol.messages import Parse, Query
+from pgtenantproxy.routing import BatchItem, Claim, RoutedUnit, Router, SessionShop, startup_claim
+from pgtenantproxy.server.routed_relay import Decision, SessionFacts
+from pgtenantproxy.server.shadow import ShadowReader, ShadowResult
+
+logger = logging.getLogger(__name__)
+
+_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+
+
+class MirrorView(Protocol):
+    """What routing asks of write mirroring (see :mod:`pgtenantproxy.dualwrite`)."""
+
+    def write_marker(self, shop_id: int) -> object: ...
+    def applied(self, shop_id: int, marker: object) -> bool: ...
+    def caught_up(self, shop_id: int, max_lag_ms: float) -> bool: ...
+    def degraded(self, shop_id: int) -> bool: ...
+
+
+@dataclass
+class RoutingStats:
+    """Counters the metrics layer exports."""
+
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, reason)
+    sources: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, outcome)
+    shadow_compared: int = 0
+    shadow_mismatches: int = 0
+    shadow_failed: int = 0
+
+
+@dataclass
+class SessionRouting:
+    """Routing state of one client session."""
+
+    startup: Claim | None
+    shop: SessionShop = field(default_factory=SessionShop)
+    shadowed: set[str] = field(default_factory=set)
+    search_path_changed: bool = False
+    #: Shops written in the current transaction (None in the set = a write of unknown shop).
+    dirty: set[int | None] = field(default_factory=set)
+    #: Read-your-writes: per shop (None = every shop), the marker taken after the write committed.
+    markers: dict[int | None, object] = field(default_factory=dict)
+    last: RoutedUnit | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        router: Router,
+        catalog: TenantCatalog,
+        pools: PoolManager,
+        *,
+        tenant_timeout: float,
+        mirror: MirrorView | None = None,
+        max_lag_ms: float = 1000.0,
+        shadow: ShadowReader | None = None,
+        log_inconsistencies: bool = True,
+    ) -> None:
+        self.router = router
+        self.catalog = catalog
+        self.pools = pools
+        self.tenant_timeout = tenant_timeout
+        self.mirror = mirror
+        self.max_lag_ms = max_lag_ms
+        self.shadow = shadow
+        self.log_inconsistencies = log_inconsistencies
+        self.stats = RoutingStats()
+        self._strategy_for: tuple[int, Router] | None = None
+
+    # --- UnitRouter -------------------------------------------------------------
+    def pool(self, shop_id: int) -> TenantPool:
+        return self.pools.pool(shop_id)
+
+    def decide(self, unit: Unit, facts: SessionFacts) -> Decision:
+        state = self._state(facts)
+        items = unit_items(unit, facts.statements)
+        if not items:
+            state.last = None
+            return self._count(Decision("unified", reason="unknown_statement" if items is None else "empty"))
+        snapshot = self.catalog.snapshot
+        routed = self._router(snapshot).route(
+            items,
+            tx_status=facts.tx_status,
+            tenant_tables=snapshot.tenant_tables,
+            eligible=lambda shop: self._eligible(shop, snapshot, state),
+            startup=state.startup,
+            session=state.shop,
+            shadowed=self._shadowed(state, snapshot),
+        )
+        state.last = routed
+        route = routed.route
+        if route.source:
+            self.stats.sources[route.source] += 1
+        if route.tenant and not unit.pinned:
+            return self._count(Decision("tenant", route.shop_id, route.reason, route.source))
+        self._before_unified(state, routed, items, snapshot)
+        reason = "pinned" if route.tenant else route.reason
+        return self._count(Decision("unified", route.shop_id, reason, route.source))
+
+    def completed(
+        self, unit: Unit, facts: SessionFacts, decision: Decision, outcome: str, seconds: float
+    ) -> None:
+        state = self._state(facts)
+        self.stats.outcomes[(decision.target, outcome)] += 1
+        if decision.tenant:
+            if outcome == "ok":
+                self._maybe_shadow(unit, facts, decision, state.last)
+            return
+        state.shop.on_ready(facts.tx_status, error=outcome == "error")
+        if facts.tx_status == c.TX_IDLE and state.dirty and self.mirror is not None:
+            for shop in state.dirty:
+                state.markers[shop] = self.mirror.write_marker(shop if shop is not None else 0)
+            state.dirty.clear()
+
+    # --- helpers ----------------------------------------------------------------------
+    def _state(self, facts: SessionFacts) -> SessionRouting:
+        state = facts.router_state
+        if not isinstance(state, SessionRouting):
+            state = SessionRouting(startup=startup_claim(facts.startup))
+            facts.router_state = state
+        return state
+
+    def _router(self, snapshot: CatalogSnapshot) -> Router:
+        """The router with this catalog's per-shop overrides (rebuilt when they change)."""
+        cached = self._strategy_for
+        if cached is not None and cached[0] == snapshot.version:
+            return cached[1]
+        strategy = self.router.strategy.with_overrides(
+            activated=snapshot.activated, deactivated=snapshot.deactivated
+        )
+        router = dataclasses.replace(self.router, strategy=strategy)
+        self._strategy_for = (snapshot.version, router)
+        return router
+
+    def _eligible(self, shop: int, snapshot: CatalogSnapshot, state: SessionRouting) -> bool:
+        if shop not in snapshot.ready:
+            return False
+        mirror = self.mirror
+        if mirror is None:
+            return True
+        if mirror.degraded(shop) or not mirror.caught_up(shop, self.max_lag_ms):
+            return False
+        for key in (shop, None):
+            marker = state.markers.get(key)
+            if marker is not None:
+                if not mirror.applied(shop, marker):
+                    return False
+                if key is not None:
+                    del state.markers[key]
+        return True
+
+    def _shadowed(self, state: SessionRouting, snapshot: CatalogSnapshot) -> frozenset[str]:
+        names = set(state.shadowed)
+        if state.search_path_changed:
+            names.update(t.rpartition(".")[2] for t in snapshot.tenant_tables)
+        return frozenset(names)
+
+    def _before_unified(
+        self,
+        state: SessionRouting,
+        routed: RoutedUnit,
+        items: Sequence[BatchItem],
+        snapshot: CatalogSnapshot,
+    ) -> None:
+        state.shop.before_batch(routed.statements)
+        for stmt in routed.statements:
+            state.shadowed.update(stmt.temp_tables)
+            if stmt.setting in ("search_path", "all"):
+                state.search_path_changed = stmt.setting == "search_path"
+        if self.mirror is not None:
+            writes = routed.writes(items, snapshot.tenant_tables)
+            state.dirty.update(writes.shops)
+            if writes.unknown:
+                state.dirty.add(None)
+
+    def _count(self, decision: Decision) -> Decision:
+        self.stats.decisions[(decision.target, decision.reason)] += 1
+        return decision
+
+    # --- shadow reads -----------------------------------------------------------------
+    def _maybe_shadow(
+        self, unit: Unit, facts: SessionFacts, decision: Decision, routed: RoutedUnit | None
+    ) -> None:
+        shadow = self.shadow
+        if shadow is None or routed is None or decision.shop_id is None or not shadow.sample():
+            return
+        fingerprint = " ".join(a.fingerprint or "?" for a in routed.analyses)
+        ordered = any(_ORDER_BY.search(item) for item in _texts(unit))
+        tables = tuple(dict.fromkeys(t for a in routed.analyses for t in a.tables))
+        shadow.submit(
+            unit,
+            facts.statements,
+            facts.shared_settings(),
+            shop_id=decision.shop_id,
+            ordered=ordered,
+            tables=tables,
+            fingerprint=fingerprint,
+        )
+
+    def shadow_result(self, result: ShadowResult) -> None:
+        if not result.compared:
+            self.stats.shadow_failed += 1
+            return
+        self.stats.shadow_compared += 1
+        if result.matches:
+            return
+        self.stats.shadow_mismatches += 1
+        if self.log_inconsistencies:
+            assert result.tenant is not None and result.unified is not None
+            logger.warning(
+                "shadow read mismatch: shop %s, tables %s, query fingerprint %s: "
+                "tenant %d rows, unified %d rows%s",
+                result.shop_id,
+                ", ".join(result.tables),
+                result.fingerprint,
+                result.tenant.rows,
+                result.unified.rows,
+                " (same count, different content)" if result.tenant.rows == result.unified.rows else "",
+            )
+
+
+def _texts(unit: Unit) -> list[str]:
+    out = []
+    for msg in unit.messages:
+        if msg.type == c.QUERY:
+            out.append(Query.parse(msg.body).sql)
+        elif msg.type == c.PARSE:
+            out.append(Parse.parse(msg.body).sql)
+    return out
