@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from pgtenantproxy import __version__
-from pgtenantproxy.cli import demo, serve, tenancy
+from pgtenantproxy.cli import demo, reads, serve, tenancy
 from pgtenantproxy.cli.common import CommandError
 
-COMMANDS = (serve, demo, tenancy)
+COMMANDS = (serve, demo, tenancy, reads)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -273,3 +273,33 @@ async def _recopy(bed: TenancyBed, shop: int) -> None:
         await copy_shops(svc, [shop])
     finally:
         await svc.close()
+
+
+def test_reads_activate_and_deactivate_per_shop_from_the_cli(routed_bed: TenancyBed, tmp_path: Any) -> None:
+    import sys
+
+    config = tmp_path / "config.toml"
+    config.write_text(routed_bed.config_toml())
+    proxy = _proxy(routed_bed, strategy="shop-list", shop_ids=[1])
+
+    def cli(*args: str) -> None:
+        out = subprocess.run([sys.executable, "-m", "pgtenantproxy", "reads", *args, "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+
+    def routed_to_tenant(shop: int) -> bool:
+        before = _tenant_count(proxy)
+        with psycopg.connect(_dsn(routed_bed, proxy.port), autocommit=True) as conn:
+            conn.execute(COUNT_SQL, (shop,)).fetchone()
+        return _tenant_count(proxy) == before + 1
+
+    try:
+        assert routed_to_tenant(1) and not routed_to_tenant(12)
+        cli("activate", "--shop", "12")
+        _wait(lambda: routed_to_tenant(12), timeout=5)
+        cli("deactivate", "--shop", "1")
+        _wait(lambda: not routed_to_tenant(1), timeout=5)
+        cli("clear", "--shop", "1", "--shop", "12")
+        _wait(lambda: routed_to_tenant(1) and not routed_to_tenant(12), timeout=5)
+    finally:
+        proxy.stop()

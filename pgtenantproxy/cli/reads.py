@@ -1,0 +1,55 @@
+"""``pgtenantproxy reads activate|deactivate|clear --shop N``: per-shop read overrides.
+
+Stored in the control schema (``pgtenantproxy.read_overrides``); every proxy
+instance picks them up at its next catalog refresh (``[routing]
+catalog_refresh_ms``, 1 s by default). ``activate`` sends the shop's reads to
+its tenant database whatever the strategy says (except ``unified`` and
+``enable_tenant_reads = false``, which always win), as long as the shop is
+ready; ``deactivate`` keeps them on unified; ``clear`` returns the shop to the
+strategy. Each change is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from pgtenantproxy.cli.common import add_config_argument, config_from_args
+from pgtenantproxy.config import Config
+from pgtenantproxy.dispatch.catalog import set_override
+from pgtenantproxy.tenancy.control_schema import audit
+from pgtenantproxy.tenancy.service import TenancyService
+
+ACTIONS = {"activate": True, "deactivate": False, "clear": None}
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "reads", help="per-shop read overrides: activate, deactivate or clear", description=__doc__
+    )
+    parser.add_argument("action", choices=list(ACTIONS))
+    parser.add_argument("--shop", type=int, action="append", required=True, metavar="N",
+                        help="shop id (repeatable)")
+    add_config_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    asyncio.run(_apply(config, args.action, args.shop))
+    for shop in args.shop:
+        print(f"shop {shop}: reads {args.action}d" if args.action != "clear" else f"shop {shop}: override cleared")
+    return 0
+
+
+async def _apply(config: Config, action: str, shops: list[int]) -> None:
+    service = await TenancyService.open(config, need_key=False, pool_size=2)
+    try:
+        async with service.pool.acquire() as conn:
+            for shop in shops:
+                async with conn.transaction():
+                    await set_override(conn, shop, ACTIONS[action])
+                    await audit(conn, shop_id=shop, action=f"reads_{action}", status="ok", detail="cli")
+    finally:
+        await service.close()
