@@ -38,8 +38,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     asyncio.run(_apply(config, args.action, args.shop))
+    done = {"activate": "reads activated", "deactivate": "reads deactivated", "clear": "override cleared"}
     for shop in args.shop:
-        print(f"shop {shop}: reads {args.action}d" if args.action != "clear" else f"shop {shop}: override cleared")
+        print(f"shop {shop}: {done[args.action]}")
     return 0
 
 
