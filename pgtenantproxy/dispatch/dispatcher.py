@@ -123,11 +123,12 @@ class Dispatcher:
         route = routed.route
         if route.source:
             self.stats.sources[route.source] += 1
+        kind, table = _label(routed)
         if route.tenant and not unit.pinned:
-            return self._count(Decision("tenant", route.shop_id, route.reason, route.source))
+            return self._count(Decision("tenant", route.shop_id, route.reason, route.source, kind, table))
         self._before_unified(state, routed, items, snapshot)
         reason = "pinned" if route.tenant else route.reason
-        return self._count(Decision("unified", route.shop_id, reason, route.source))
+        return self._count(Decision("unified", route.shop_id, reason, route.source, kind, table))
 
     def completed(
         self, unit: Unit, facts: SessionFacts, decision: Decision, outcome: str, seconds: float
@@ -249,6 +250,18 @@ class Dispatcher:
                 result.unified.rows,
                 " (same count, different content)" if result.tenant.rows == result.unified.rows else "",
             )
+
+
+_KINDS = frozenset({"select", "insert", "update", "delete"})
+
+
+def _label(routed: RoutedUnit) -> tuple[str, str]:
+    """(query type, table) of a unit for metrics: its first statement's kind and first table."""
+    for stmt in routed.statements:
+        kind = stmt.kind if stmt.kind in _KINDS else "other"
+        tables = stmt.tables
+        return kind, tables[0] if tables else ""
+    return "other", ""
 
 
 def _texts(unit: Unit) -> list[str]:

@@ -18,6 +18,7 @@ reports (ParameterStatus), which a tenant connection gets before a unit runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -50,6 +51,9 @@ class Decision:
     shop_id: int | None = None
     reason: str = ""
     source: str | None = None
+    #: For metrics: the unit's statement kind (select|insert|update|delete|other) and first table.
+    kind: str = "other"
+    table: str = ""
 
     @property
     def tenant(self) -> bool:
@@ -256,7 +260,7 @@ class RoutedRelay:
             logger.info(
                 "shop %s: tenant read failed (%s); re-running on unified", decision.shop_id, batch.error
             )
-            self._send_unified(unit, Decision("unified", decision.shop_id, "fallback", decision.source))
+            self._send_unified(unit, dataclasses.replace(decision, target="unified", reason="fallback"))
         else:
             logger.warning("shop %s: tenant failed mid-answer: %s", decision.shop_id, batch.error)
             self._on_tenant_failure()
