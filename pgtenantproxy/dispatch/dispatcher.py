@@ -87,7 +87,9 @@ class Dispatcher:
         max_lag_ms: float = 1000.0,
         shadow: ShadowReader | None = None,
         log_inconsistencies: bool = True,
+        fallback_enabled: bool = True,
     ) -> None:
+        self.fallback_enabled = fallback_enabled
         self.router = router
         self.catalog = catalog
         self.pools = pools

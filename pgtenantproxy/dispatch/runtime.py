@@ -71,6 +71,7 @@ class RoutingRuntime:
             mirror=mirror,
             max_lag_ms=config.dual_write.max_lag_ms,
             log_inconsistencies=config.routing.log_inconsistencies,
+            fallback_enabled=config.routing.enable_fallback,
         )
         shadow = None
         if config.routing.verify_consistency:

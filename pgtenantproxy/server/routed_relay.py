@@ -29,9 +29,9 @@ from typing import Protocol
 from pgtenantproxy.pools.pool import TenantPool
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import BatchAssembler, Unit
-from pgtenantproxy.protocol.errors import ProtocolViolation, ProxyError
+from pgtenantproxy.protocol.errors import CONNECTION_FAILURE, ProtocolViolation, ProxyError, error_response
 from pgtenantproxy.protocol.framing import FrameScanner, Message, MessageReader
-from pgtenantproxy.protocol.messages import CloseOrDescribe, ParameterStatus, Parse, Query
+from pgtenantproxy.protocol.messages import CloseOrDescribe, ParameterStatus, Parse, Query, ReadyForQuery
 from pgtenantproxy.server.endpoint import Endpoint
 from pgtenantproxy.server.statements import PreparedStatements
 from pgtenantproxy.server.tenant_batch import Outcome, TenantBatch
@@ -87,6 +87,16 @@ class UnitRouter(Protocol):
     ) -> None: ...
     @property
     def tenant_timeout(self) -> float: ...
+    @property
+    def fallback_enabled(self) -> bool: ...
+
+
+def _tenant_unavailable(shop_id: int | None) -> bytes:
+    return error_response(
+        CONNECTION_FAILURE,
+        f"pgtenantproxy: the database of shop {shop_id} is unavailable",
+        hint="[routing] enable_fallback = true re-runs such reads on the unified database.",
+    )
 
 
 class RoutedRelay:
@@ -256,11 +266,15 @@ class RoutedRelay:
             self.tenant_batch = None
         if outcome is Outcome.DONE:
             self.router.completed(unit, self.facts, decision, "ok", time.perf_counter() - started)
-        elif outcome is Outcome.FALLBACK:
+        elif outcome is Outcome.FALLBACK and self.router.fallback_enabled:
             logger.info(
                 "shop %s: tenant read failed (%s); re-running on unified", decision.shop_id, batch.error
             )
             self._send_unified(unit, dataclasses.replace(decision, target="unified", reason="fallback"))
+        elif outcome is Outcome.FALLBACK:
+            logger.warning("shop %s: tenant read failed (%s); fallback is off", decision.shop_id, batch.error)
+            self.client.write(_tenant_unavailable(decision.shop_id) + ReadyForQuery.idle().build())
+            self.router.completed(unit, self.facts, decision, "error", time.perf_counter() - started)
         else:
             logger.warning("shop %s: tenant failed mid-answer: %s", decision.shop_id, batch.error)
             self._on_tenant_failure()

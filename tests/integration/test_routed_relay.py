@@ -175,3 +175,17 @@ async def test_shadow_reader_compares_both_sides(two_dbs: PgCluster) -> None:
     assert [r.matches for r in results] == [True, False]  # same rows, then 'tenant' vs 'unified'
     assert all(r.compared for r in results)
     await manager.close()
+
+
+def test_without_fallback_a_broken_tenant_is_a_clear_error(two_dbs: PgCluster) -> None:
+    router = HintRouter(_target(two_dbs, port=free_port()))
+    router.fallback_enabled = False
+    proxy = _start(two_dbs, router)
+    try:
+        with psycopg.connect(_dsn(two_dbs, proxy.port), autocommit=True) as conn:
+            with pytest.raises(psycopg.OperationalError) as info:
+                conn.execute("SELECT /* tenant */ name FROM place")
+            assert info.value.sqlstate == "08006"
+            assert conn.execute("SELECT name FROM place").fetchone() == ("unified",)  # session carries on
+    finally:
+        proxy.stop()
