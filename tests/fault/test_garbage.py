@@ -26,7 +26,7 @@ from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.messages import Query, StartupMessage
 from tests.fixtures.clients import asyncpg_kwargs, psycopg_kwargs
 from tests.fixtures.proxy import ProxyThread
-from tests.fixtures.rawclient import RawClient, backend_key, first_error, startup_trust
+from tests.fixtures.rawclient import RawClient, backend_key, errors_in, first_error, startup_trust
 from tests.fixtures.wire import backend_count, wait_for
 
 APP = f"pgtp-garbage-{uuid.uuid4().hex[:8]}"
@@ -98,7 +98,8 @@ def test_garbage_after_auth(
 
 def test_garbage_byte_by_byte(proxy: ProxyThread, bystander: psycopg.Connection[Any]) -> None:
     """A bad header that arrives one byte per packet is caught all the same."""
-    client, _ = startup_trust(proxy.port, "trust_user", "app", application_name=APP)
+    client, startup = startup_trust(proxy.port, "trust_user", "app", application_name=APP)
+    assert startup and startup[-1].type == c.READY_FOR_QUERY, errors_in(startup)
     with client:
         client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for byte in header(ord("y"), 4):
