@@ -241,6 +241,40 @@ class DualWriteSection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    """Prometheus exporter and the performance monitor (:mod:`pgtenantproxy.metrics`)."""
+
+    #: Record query metrics and serve ``/metrics``; false takes recording off the data path.
+    enabled: bool = _opt(True, restart=True)
+    listen: str = _opt("127.0.0.1:9187", _listen, restart=True)
+    #: Shops with their own series in the per-shop histogram (the rest: shop="other").
+    max_shop_series: int = _opt(50, _non_negative)
+    #: Queries kept in the performance monitor's rolling window (seed: MAX_METRICS_RETENTION).
+    retention: int = _opt(10000, _positive)
+    #: Queries slower than this are logged (fingerprint only) and counted slow
+    #: (seed: SLOW_QUERY_THRESHOLD_MS).
+    slow_query_threshold_ms: int = _opt(1000, _positive)
+    #: The alert hook fires when a shop's P99 (over the window) goes above this...
+    alert_p99_ms: int = _opt(2000, _positive)
+    #: ...or its error rate above this (0.0-1.0)...
+    alert_error_rate: float = _opt(0.05, _rate)
+    #: ...counting only shops with at least this many queries in the window.
+    alert_min_queries: int = _opt(20, _positive)
+    #: How often the alert thresholds are evaluated.
+    alert_interval_ms: int = _opt(5000, _positive)
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    """The admin HTTP API (:mod:`pgtenantproxy.admin`); runs when routing is on."""
+
+    enabled: bool = _opt(True, restart=True)
+    listen: str = _opt("127.0.0.1:9188", _listen, restart=True)
+    #: Environment variable holding the bearer token (``TOKEN`` or ``name:TOKEN,name2:TOKEN2``).
+    token_env: str = _opt("PGTENANTPROXY_ADMIN_TOKEN", restart=True)
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     level: str = _opt("info", _one_of("debug", "info", "warning", "error"))
 
@@ -253,6 +287,8 @@ class Config:
     routing: RoutingSection = field(default_factory=RoutingSection)
     pools: PoolsSection = field(default_factory=PoolsSection)
     dual_write: DualWriteSection = field(default_factory=DualWriteSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    admin: AdminSection = field(default_factory=AdminSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     tenant_servers: tuple[TenantServerSection, ...] = ()
     source: str | None = None  # the file it came from, for messages
@@ -266,6 +302,8 @@ SECTIONS: dict[str, type] = {
     "routing": RoutingSection,
     "pools": PoolsSection,
     "dual_write": DualWriteSection,
+    "metrics": MetricsSection,
+    "admin": AdminSection,
     "logging": LoggingSection,
 }
 #: Sections that are arrays of tables (``[[name]]``).
@@ -290,6 +328,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "MIGRATION_STRATEGY": ("routing", "strategy", str),
     "ENABLE_TENANT_READS": ("routing", "enable_tenant_reads", _env_bool),
     "ENABLE_DUAL_WRITE": ("dual_write", "enabled", _env_bool),
+    "MAX_METRICS_RETENTION": ("metrics", "retention", int),
+    "SLOW_QUERY_THRESHOLD_MS": ("metrics", "slow_query_threshold_ms", int),
 }
 
 

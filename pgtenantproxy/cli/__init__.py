@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from pgtenantproxy import __version__
-from pgtenantproxy.cli import demo, reads, serve, tenancy
+from pgtenantproxy.cli import demo, dualwrite, reads, serve, status, tenancy
 from pgtenantproxy.cli.common import CommandError
 
-COMMANDS = (serve, demo, tenancy, reads)
+COMMANDS = (serve, demo, tenancy, reads, dualwrite, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

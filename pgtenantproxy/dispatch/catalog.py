@@ -2,24 +2,31 @@
 
 * the tenant tables (``[tenancy] tenant_tables``, "auto" = discovered);
 * the shops whose tenant database is ready (provisioned);
-* per-shop read overrides (``pgtenantproxy reads activate|deactivate``).
+* per-shop read overrides (``pgtenantproxy reads activate|deactivate``);
+* the strategy set through the admin API (:mod:`.routing_state`), if any.
 
-Refreshed every ``interval`` seconds on one control-plane connection; the
-routing path only reads immutable snapshots (frozensets swapped whole). A
-failed refresh keeps the last good snapshot and logs why: a control-plane
-hiccup never turns routing off or on by itself. Until the first refresh
-succeeds nothing is eligible, so every read goes to unified.
+Refreshed every ``interval`` seconds on one control-plane connection, and at
+once when a ``NOTIFY pgtenantproxy_routing`` arrives (:meth:`TenantCatalog.listen`
+keeps one connection LISTENing, reconnecting with backoff); the routing path
+only reads immutable snapshots (frozensets swapped whole). Listeners
+registered in :attr:`TenantCatalog.on_change` are called, synchronously, right
+after a changed snapshot is installed. A failed refresh keeps the last good
+snapshot and logs why: a control-plane hiccup never turns routing off or on
+by itself. Until the first refresh succeeds nothing is eligible, so every
+read goes to unified.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from pgtenantproxy.config import TenancySection
+from pgtenantproxy.dispatch.routing_state import CHANNEL, RoutingState, read_state
 from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,13 @@ class CatalogSnapshot:
     activated: frozenset[int] = frozenset()
     deactivated: frozenset[int] = frozenset()
     version: int = 0
+    #: The strategy set through the admin API (None: the config file's applies).
+    routing: RoutingState | None = None
+
+    def same_content(self, other: CatalogSnapshot) -> bool:
+        return (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing) == (
+            other.tenant_tables, other.ready, other.activated, other.deactivated, other.routing,
+        )
 
 
 @dataclass
@@ -49,7 +63,12 @@ class TenantCatalog:
     interval: float = 1.0
     snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot)
     failures: int = 0
+    #: Successful refreshes so far (readiness: at least one).
+    refreshes: int = 0
+    on_change: list[Callable[[CatalogSnapshot], None]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
+    _listen_task: asyncio.Task[None] | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def refresh(self, conn: asyncpg.Connection) -> CatalogSnapshot:
         tables = frozenset(str(t) for t in await discover_tenant_tables(conn, self.tenancy))
@@ -60,21 +79,33 @@ class TenantCatalog:
             )
         )
         activated, deactivated = await _overrides(conn)
+        routing = await read_state(conn)
         old = self.snapshot
-        new = CatalogSnapshot(tables, ready, activated, deactivated, old.version)
-        if (new.tenant_tables, new.ready, new.activated, new.deactivated) != (
-            old.tenant_tables, old.ready, old.activated, old.deactivated,
-        ):
-            new = CatalogSnapshot(tables, ready, activated, deactivated, old.version + 1)
+        new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing)
+        changed = not new.same_content(old)
+        if changed:
+            new = CatalogSnapshot(tables, ready, activated, deactivated, old.version + 1, routing)
         self.snapshot = new
+        self.refreshes += 1
+        if changed:
+            for listener in self.on_change:
+                try:
+                    listener(new)
+                except Exception:
+                    logger.exception("catalog change listener failed")
         return new
 
     def start(self, pool: asyncpg.Pool) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(pool))
 
+    def wake(self) -> None:
+        """Refresh now (a NOTIFY arrived), not at the end of the interval."""
+        self._wake.set()
+
     async def _run(self, pool: asyncpg.Pool) -> None:
         while True:
+            self._wake.clear()
             try:
                 async with pool.acquire() as conn:
                     await self.refresh(conn)
@@ -87,13 +118,56 @@ class TenantCatalog:
                 self.failures += 1
                 if self.failures in (1, 10) or self.failures % 100 == 0:
                     logger.warning("control-plane catalog refresh failed (%s); keeping the last one", exc)
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    def listen(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> None:
+        """Keep one connection LISTENing on ``pgtenantproxy_routing``; each notification wakes the refresh."""
+        if self._listen_task is None:
+            self._listen_task = asyncio.get_running_loop().create_task(self._listen(connect))
+
+    async def _listen(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> None:
+        backoff = 0.25
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await connect()
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, lambda *_args: self.wake())
+                if backoff > 0.25:
+                    logger.info("listening for routing changes again")
+                backoff = 0.25
+                self.wake()  # whatever changed while nobody listened
+                await lost.wait()
+                logger.warning("routing change notifications: connection lost; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if backoff == 0.25:
+                    logger.warning("routing change notifications unavailable (%s); relying on the "
+                                   "periodic refresh until they are back", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await _close_quietly(conn)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._listen_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._listen_task = None
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 2.0)
+    except Exception:
+        conn.terminate()
 
 
 async def _overrides(conn: asyncpg.Connection) -> tuple[frozenset[int], frozenset[int]]:

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.items import unit_items
@@ -39,12 +39,20 @@ logger = logging.getLogger(__name__)
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
-class MirrorView(Protocol):
-    """What routing asks of write mirroring (see :mod:`pgtenantproxy.dualwrite`)."""
+class QueryMetrics(Protocol):
+    """The metrics layer's data-path hook (:class:`pgtenantproxy.metrics.recorder.QueryRecorder`)."""
 
-    def write_marker(self, shop_id: int) -> object: ...
-    def applied(self, shop_id: int, marker: object) -> bool: ...
-    def caught_up(self, shop_id: int, max_lag_ms: float) -> bool: ...
+    def record(
+        self, unit: Unit, facts: SessionFacts, decision: Decision, outcome: str, seconds: float
+    ) -> None: ...
+
+
+class MirrorView(Protocol):
+    """What routing asks of write mirroring (:class:`pgtenantproxy.dualwrite.status.MirrorStatus`)."""
+
+    def write_marker(self, shop_id: int) -> Any: ...
+    def applied(self, shop_id: int, marker: Any) -> bool: ...
+    def caught_up(self, shop_id: int, max_lag_ms: float | None = None) -> bool: ...
     def degraded(self, shop_id: int) -> bool: ...
 
 
@@ -99,7 +107,14 @@ class Dispatcher:
         self.shadow = shadow
         self.log_inconsistencies = log_inconsistencies
         self.stats = RoutingStats()
+        #: Set by the app when metrics are on: called once per completed unit.
+        self.metrics: QueryMetrics | None = None
         self._strategy_for: tuple[int, Router] | None = None
+
+    def use_router(self, router: Router) -> None:
+        """Swap in a new routing core (config reload, API strategy change): atomic for the loop."""
+        self.router = router
+        self._strategy_for = None
 
     # --- UnitRouter -------------------------------------------------------------
     def pool(self, shop_id: int) -> TenantPool:
@@ -137,6 +152,8 @@ class Dispatcher:
     ) -> None:
         state = self._state(facts)
         self.stats.outcomes[(decision.target, outcome)] += 1
+        if self.metrics is not None:
+            self.metrics.record(unit, facts, decision, outcome, seconds)
         if decision.tenant:
             if outcome == "ok":
                 self._maybe_shadow(unit, facts, decision, state.last)

@@ -48,6 +48,9 @@ class ProxyServer:
         self.cancels = CancelRegistry()
         self.sessions: set[ClientSession] = set()
         self.shutting_down = False
+        #: Counters for the metrics layer: connections accepted, clients refused at admission.
+        self.accepted_total = 0
+        self.refused_total = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._admitted: set[ClientSession] = set()
@@ -72,14 +75,17 @@ class ProxyServer:
         peer = endpoint.transport.get_extra_info("peername")
         label = f"{peer[0]}:{peer[1]}" if peer else "?"
         session = ClientSession(self, endpoint, label)
+        self.accepted_total += 1
         self.sessions.add(session)
         self.track(asyncio.get_running_loop().create_task(session.run()))
 
     # --- used by sessions ---------------------------------------------------
     def admit(self, session: ClientSession) -> None:
         if self.shutting_down:
+            self.refused_total += 1
             raise ProxyError(errors.CANNOT_CONNECT_NOW, "the database system is shutting down")
         if len(self._admitted) >= self.config.proxy.max_client_connections:
+            self.refused_total += 1
             logger.warning(
                 "refused %s: max_client_connections (%d) reached",
                 session.peer,

@@ -265,7 +265,8 @@ class RoutedRelay:
             self.tenant_task = None
             self.tenant_batch = None
         if outcome is Outcome.DONE:
-            self.router.completed(unit, self.facts, decision, "ok", time.perf_counter() - started)
+            result = "error" if batch.answered_error else "ok"
+            self.router.completed(unit, self.facts, decision, result, time.perf_counter() - started)
         elif outcome is Outcome.FALLBACK and self.router.fallback_enabled:
             logger.info(
                 "shop %s: tenant read failed (%s); re-running on unified", decision.shop_id, batch.error

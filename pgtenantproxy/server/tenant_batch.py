@@ -88,6 +88,8 @@ class TenantBatch:
         self.timeout = timeout
         self.conn: ServerConnection | None = None
         self.error: str | None = None
+        #: The tenant answered the unit with an ErrorResponse (a SQL error: metrics count it as an error).
+        self.answered_error = False
         self.forwarded = False
         self._held: list[bytes] = []
         self._held_size = 0
@@ -220,8 +222,10 @@ class TenantBatch:
             if frame.type == c.READY_FOR_QUERY:
                 self._status = frame.body[0] if frame.body else c.TX_IDLE
                 done = True
-            elif not self.forwarded and is_broken(ErrorFields.parse(frame.body).sqlstate):
-                self._broken_error = True
+            else:  # ErrorResponse
+                self.answered_error = True
+                if not self.forwarded and is_broken(ErrorFields.parse(frame.body).sqlstate):
+                    self._broken_error = True
         if self.forwarded:
             self.client.write(data)
         else:

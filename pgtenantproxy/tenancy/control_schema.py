@@ -105,6 +105,39 @@ MIGRATIONS: tuple[ControlMigration, ...] = (
         );
         """,
     ),
+    ControlMigration(
+        2,
+        "routing: strategy set through the admin API, read overrides, change notifications",
+        """
+        CREATE TABLE pgtenantproxy.routing_state (
+            singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            strategy    text NOT NULL CHECK (strategy IN
+                            ('unified', 'tenant', 'percentage', 'shop-list', 'canary')),
+            percentage  integer NOT NULL DEFAULT 0 CHECK (percentage BETWEEN 0 AND 100),
+            shop_ids    bigint[] NOT NULL DEFAULT '{}',
+            source      text NOT NULL,
+            actor       text NOT NULL,
+            updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        CREATE TABLE IF NOT EXISTS pgtenantproxy.read_overrides (
+            shop_id     bigint PRIMARY KEY,
+            active      boolean NOT NULL,
+            updated_at  timestamptz NOT NULL DEFAULT now(),
+            actor       text NOT NULL DEFAULT current_user
+        );
+        CREATE FUNCTION pgtenantproxy.notify_routing() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('pgtenantproxy_routing', TG_TABLE_NAME);
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER routing_state_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+            ON pgtenantproxy.routing_state
+            FOR EACH STATEMENT EXECUTE FUNCTION pgtenantproxy.notify_routing();
+        CREATE TRIGGER read_overrides_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+            ON pgtenantproxy.read_overrides
+            FOR EACH STATEMENT EXECUTE FUNCTION pgtenantproxy.notify_routing();
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -160,16 +193,22 @@ async def audit(
     status: str,
     step: str | None = None,
     detail: str | None = None,
+    actor: str | None = None,
 ) -> None:
-    """Append one row to ``pgtenantproxy.migration_log`` (the audit log)."""
+    """Append one row to ``pgtenantproxy.migration_log`` (the audit log).
+
+    ``actor`` names who asked (the admin API passes its caller); by default the
+    database role of the connection.
+    """
     await conn.execute(
-        "INSERT INTO pgtenantproxy.migration_log (shop_id, action, step, status, detail)"
-        " VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO pgtenantproxy.migration_log (shop_id, action, step, status, detail, actor)"
+        " VALUES ($1, $2, $3, $4, $5, coalesce($6, current_user))",
         shop_id,
         action,
         step,
         status,
         detail,
+        actor,
     )
 
 

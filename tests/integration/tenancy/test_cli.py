@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pgtenantproxy.tenancy.control_schema import LATEST_VERSION
 from pgtenantproxy.tenancy.crypto import DataKey, Keyring, Sealed
 from tests.fixtures.tenancy import ENV, TenancyBed
 
@@ -64,7 +65,7 @@ def databases(bed: TenancyBed, name: str) -> list[str]:
 def test_init_reports_the_schema_and_the_servers(config_path: Path) -> None:
     result = cli(config_path, "init")
     assert result.returncode == 0, result.stderr
-    assert "control schema pgtenantproxy at version 1 in database handyshop" in result.stdout
+    assert f"control schema pgtenantproxy at version {LATEST_VERSION} in database handyshop" in result.stdout
     assert "tenant server t1" in result.stdout and "tenant server t2" in result.stdout
     assert result.stdout.count("reachable") == 2
     assert "19 tenant tables" in result.stdout

@@ -1,0 +1,127 @@
+"""What the admin API's POST endpoints do, each written to the audit log with who asked.
+
+Each action runs against the control plane and appends one row to
+``pgtenantproxy.migration_log`` (action ``api:<name>``, status ``ok`` or
+``failed``, the request's parameters and outcome in ``detail``, the caller
+in ``actor``). Routing changes (:func:`set_reads`, :func:`use_config_strategy`)
+write the state and its audit row in one transaction; the table's trigger
+notifies every proxy instance, and this instance applies the change before
+answering, so the response already reflects it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from pgtenantproxy.config import Config
+from pgtenantproxy.dispatch.routing_state import RoutingState, clear_state, write_state
+from pgtenantproxy.dispatch.runtime import RoutingRuntime
+from pgtenantproxy.dualwrite.service import DualWriteService
+from pgtenantproxy.tenancy.control_schema import audit
+
+
+class BadRequest(ValueError):
+    """The request is malformed; the message says why (HTTP 400)."""
+
+
+def _detail(**values: Any) -> str:
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+async def record(runtime: RoutingRuntime, action: str, actor: str, status: str, **detail: Any) -> None:
+    await audit(runtime.tenancy.pool, shop_id=None, action=f"api:{action}", status=status,
+                detail=_detail(**detail), actor=actor)
+
+
+def parse_activation(body: dict[str, Any]) -> RoutingState:
+    """``{"percentage": N}``, ``{"shop_ids": [...]}`` (with ``"strategy": "canary"`` for the canary
+    list) or ``{"strategy": "tenant"}`` into the state to store."""
+    known = {"percentage", "shop_ids", "strategy"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    strategy = body.get("strategy")
+    if "percentage" in body:
+        value = body["percentage"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+            raise BadRequest("percentage must be an integer between 0 and 100")
+        if strategy not in (None, "percentage") or "shop_ids" in body:
+            raise BadRequest("give either percentage or shop_ids")
+        return RoutingState("percentage", percentage=value)
+    if "shop_ids" in body:
+        shops = body["shop_ids"]
+        if not isinstance(shops, list) or not shops or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shops
+        ):
+            raise BadRequest("shop_ids must be a non-empty list of positive shop ids")
+        if strategy not in (None, "shop-list", "canary"):
+            raise BadRequest('with shop_ids, strategy must be "shop-list" (default) or "canary"')
+        return RoutingState(strategy or "shop-list", shop_ids=tuple(sorted(set(shops))))
+    if strategy == "tenant":
+        return RoutingState("tenant")
+    raise BadRequest('give "percentage", "shop_ids", or "strategy": "tenant"')
+
+
+async def set_reads(runtime: RoutingRuntime, state: RoutingState, action: str, actor: str) -> dict[str, Any]:
+    state = dataclasses.replace(state, source="api", actor=actor)
+    async with runtime.tenancy.pool.acquire() as conn, conn.transaction():
+        await write_state(conn, state)
+        await audit(conn, shop_id=None, action=f"api:{action}", status="ok", actor=actor,
+                    detail=_detail(strategy=state.strategy, percentage=state.percentage,
+                                   shop_ids=list(state.shop_ids)))
+    await runtime.refresh_now()
+    return _strategy_answer(runtime)
+
+
+async def use_config_strategy(runtime: RoutingRuntime, actor: str) -> dict[str, Any]:
+    async with runtime.tenancy.pool.acquire() as conn, conn.transaction():
+        had = await clear_state(conn)
+        await audit(conn, shop_id=None, action="api:use-config-strategy", status="ok", actor=actor,
+                    detail=_detail(cleared=had, config_strategy=runtime.config.routing.strategy))
+    await runtime.refresh_now()
+    return _strategy_answer(runtime)
+
+
+def _strategy_answer(runtime: RoutingRuntime) -> dict[str, Any]:
+    now = runtime.effective()
+    answer: dict[str, Any] = {"strategy": now.as_dict()}
+    if not now.enable_tenant_reads and now.name != "unified":
+        answer["warning"] = "[routing] enable_tenant_reads is false here: every read still goes to unified"
+    return answer
+
+
+async def provision_all(runtime: RoutingRuntime, actor: str, concurrency: int | None) -> dict[str, Any]:
+    service = runtime.tenancy
+    shops = await service.all_shop_ids()
+    outcomes = await service.provision_many(shops, concurrency=concurrency)
+    failed = [{"shop_id": o.shop_id, "error": o.error} for o in outcomes if not o.ok]
+    answer = {
+        "ok": not failed,
+        "shops": len(shops),
+        "provisioned": sum(1 for o in outcomes if o.status == "provisioned"),
+        "already": sum(1 for o in outcomes if o.status == "already"),
+        "failed": failed,
+    }
+    await record(runtime, "provision-all", actor, "ok" if not failed else "failed",
+                 shops=len(shops), provisioned=answer["provisioned"], already=answer["already"],
+                 failed=[f["shop_id"] for f in failed])
+    await runtime.refresh_now()
+    return answer
+
+
+async def dual_write(runtime: RoutingRuntime, config: Config, actor: str, *, enable: bool) -> dict[str, Any]:
+    # Opened without [dual_write] enabled, so that opening never installs capture by itself.
+    quiet = dataclasses.replace(config, dual_write=dataclasses.replace(config.dual_write, enabled=False))
+    service = await DualWriteService.open(quiet, run_worker=False)
+    try:
+        if enable:
+            tables = [t.label for t in await service.enable()]
+        else:
+            tables = [str(t) for t in await service.disable()]
+    finally:
+        await service.close()
+    name = "enable-dual-write" if enable else "disable-dual-write"
+    await record(runtime, name, actor, "ok", tables=tables)
+    return {"ok": True, "capture": enable, "tables": tables}

@@ -1,0 +1,84 @@
+"""``pgtenantproxy status [--json]``: the effective read strategy, where it came from, and every shop's state.
+
+Reads the control schema of the unified database named by the config (no
+encryption key needed): the strategy set through the admin API when there
+is one, else the config file's ``[routing]``; per shop its tenant server,
+provisioning state, where its reads go and why, its override, mirror queue,
+lag and dead letters. The same report as ``GET
+/api/superadmin/migration/status``. ``--json`` prints that JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+from rich.console import Console
+from rich.table import Table
+
+from pgtenantproxy.admin.report import StatusReport, gather_status
+from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args
+from pgtenantproxy.config import Config
+from pgtenantproxy.tenancy.service import TenancyService
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "status", help="effective read strategy and per-shop migration state", description=__doc__
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_config_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    report = asyncio.run(_gather(config))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        _print(report, Console())
+    return 0
+
+
+async def _gather(config: Config) -> StatusReport:
+    try:
+        service = await TenancyService.open(config, need_key=False, pool_size=1)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        u = config.unified
+        raise CommandError(f"cannot reach the control plane on {u.database} at {u.host}:{u.port} "
+                           f"as {u.admin_user}: {exc}", status=2) from None
+    try:
+        async with service.pool.acquire() as conn:
+            return await gather_status(conn, config)
+    finally:
+        await service.close()
+
+
+def _print(report: StatusReport, console: Console) -> None:
+    s = report.strategy
+    detail = {"percentage": f" {s.percentage}%", "shop-list": f" {list(s.shop_ids)}",
+              "canary": f" {list(s.canary_shop_ids)}"}.get(s.name, "")
+    origin = (f"admin API (set by {s.set_by} at {s.set_at:%Y-%m-%d %H:%M:%S %Z})"
+              if s.source == "api" and s.set_at else f"config file {s.config_file or ''}".rstrip())
+    console.print(f"read strategy: [bold]{s.name}{detail}[/bold], from the {origin}")
+    if not s.enable_tenant_reads:
+        console.print("[yellow]enable_tenant_reads = false: every read goes to unified[/yellow]")
+    capture = report.capture_tables
+    console.print("write capture: " + ("never set up" if capture is None else
+                                       f"on ({capture} tables)" if capture else "off"))
+    table = Table("shop", "server", "state", "reads", "why", "override", "queued", "lag s", "dead letters")
+    for shop in report.shops:
+        table.add_row(
+            str(shop.shop_id), shop.server or "", shop.state,
+            "[green]tenant[/green]" if shop.reads == "tenant" else "unified", shop.reason,
+            shop.override or "", str(shop.mirror_queue), f"{shop.mirror_lag_seconds:.1f}",
+            f"[red]{shop.dead_letters}[/red]" if shop.dead_letters else "0",
+        )
+    console.print(table)
+    summary = report.as_dict()["summary"]
+    console.print(f"{summary['shops']} shops, {summary['provisioned']} provisioned, "
+                  f"{summary['reads_on_tenant']} reading from tenant, {summary['dead_letters']} dead letters")
