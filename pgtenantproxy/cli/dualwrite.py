@@ -22,13 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from pgtenantproxy.app import install_uvloop
-from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args
+from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
 from pgtenantproxy.dualwrite import dlq
 from pgtenantproxy.dualwrite.capture import installed_tables
 from pgtenantproxy.dualwrite.errors import DualWriteError
 from pgtenantproxy.dualwrite.service import DualWriteService
-from pgtenantproxy.tenancy.crypto import EncryptionKeyError
 from pgtenantproxy.tenancy.errors import TenancyError
 
 
@@ -65,16 +64,7 @@ def _call(config: Config, work: Callable[[DualWriteService], Awaitable[int]], *,
     """Open the service (exit 2 if that fails: key, unreachable unified), run ``work`` (exit 1 on errors)."""
 
     async def main() -> int:
-        try:
-            svc = await DualWriteService.open(config, run_worker=worker)
-        except EncryptionKeyError as exc:
-            raise CommandError(str(exc), status=2) from None
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            u = config.unified
-            raise CommandError(
-                f"cannot open the control plane on the unified database {u.database} at {u.host}:{u.port} "
-                f"as {u.admin_user}: {exc}", status=2,
-            ) from None
+        svc = await open_control_plane(config, DualWriteService.open(config, run_worker=worker))
         try:
             return await work(svc)
         except (DualWriteError, TenancyError, asyncpg.PostgresError) as exc:

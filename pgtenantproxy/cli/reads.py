@@ -15,7 +15,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from pgtenantproxy.cli.common import add_config_argument, config_from_args
+from pgtenantproxy.cli.common import add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.catalog import set_override
 from pgtenantproxy.tenancy.control_schema import audit
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _apply(config: Config, action: str, shops: list[int]) -> None:
-    service = await TenancyService.open(config, need_key=False, pool_size=2)
+    service = await open_control_plane(config, TenancyService.open(config, need_key=False, pool_size=2))
     try:
         async with service.pool.acquire() as conn:
             for shop in shops:

@@ -15,12 +15,11 @@ import asyncio
 import json
 from typing import Any
 
-import asyncpg
 from rich.console import Console
 from rich.table import Table
 
 from pgtenantproxy.admin.report import StatusReport, gather_status
-from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args
+from pgtenantproxy.cli.common import add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
 from pgtenantproxy.tenancy.service import TenancyService
 
@@ -45,12 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _gather(config: Config) -> StatusReport:
-    try:
-        service = await TenancyService.open(config, need_key=False, pool_size=1)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        u = config.unified
-        raise CommandError(f"cannot reach the control plane on {u.database} at {u.host}:{u.port} "
-                           f"as {u.admin_user}: {exc}", status=2) from None
+    service = await open_control_plane(config, TenancyService.open(config, need_key=False, pool_size=1))
     try:
         async with service.pool.acquire() as conn:
             return await gather_status(conn, config)

@@ -16,15 +16,13 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args
+from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
 from pgtenantproxy.tenancy.control_schema import LATEST_VERSION
-from pgtenantproxy.tenancy.crypto import EncryptionKeyError
 from pgtenantproxy.tenancy.errors import TenancyError
 from pgtenantproxy.tenancy.provisioning import ProvisionOutcome
 from pgtenantproxy.tenancy.service import TenancyService
@@ -71,16 +69,7 @@ def _run(args: argparse.Namespace, handler: Handler, *, need_key: bool) -> int:
 
 
 async def _with_service(config: Config, args: argparse.Namespace, handler: Handler, *, need_key: bool) -> int:
-    try:
-        service = await TenancyService.open(config, need_key=need_key)
-    except EncryptionKeyError as exc:
-        raise CommandError(str(exc), status=2) from None
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        u = config.unified
-        raise CommandError(
-            f"cannot open the control plane on the unified database {u.database} at {u.host}:{u.port} "
-            f"as {u.admin_user}: {exc}", status=2,
-        ) from None
+    service = await open_control_plane(config, TenancyService.open(config, need_key=need_key))
     try:
         return await handler(service, args)
     except TenancyError as exc:
