@@ -46,6 +46,19 @@ class Collector:
 
 
 @dataclass(frozen=True)
+class ShadowRequest:
+    """One sampled read to run on both sides, with what identifies it in logs."""
+
+    unit: Unit
+    statements: PreparedStatements
+    settings: dict[str, str]
+    shop_id: int
+    ordered: bool
+    tables: tuple[str, ...]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class ShadowResult:
     shop_id: int
     tables: tuple[str, ...]
@@ -101,43 +114,29 @@ class ShadowReader:
         if len(self._tasks) >= self._max_inflight:
             self.skipped += 1
             return
-        snapshot = statements.copy()
-        task = asyncio.get_running_loop().create_task(
-            self._compare(unit, snapshot, dict(settings), shop_id, ordered, tables, fingerprint)
+        request = ShadowRequest(
+            unit, statements.copy(), dict(settings), shop_id, ordered, tables, fingerprint
         )
+        task = asyncio.get_running_loop().create_task(self._compare(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _compare(
-        self,
-        unit: Unit,
-        statements: PreparedStatements,
-        settings: dict[str, str],
-        shop_id: int,
-        ordered: bool,
-        tables: tuple[str, ...],
-        fingerprint: str,
-    ) -> None:
+    async def _compare(self, request: ShadowRequest) -> None:
         tenant, unified = await asyncio.gather(
-            self._run(self._tenant_pool(shop_id), unit, statements, settings, ordered),
-            self._run(self._unified_pool(), unit, statements, settings, ordered),
+            self._run(self._tenant_pool(request.shop_id), request),
+            self._run(self._unified_pool(), request),
         )
-        result = ShadowResult(shop_id, tables, fingerprint, tenant, unified)
+        result = ShadowResult(request.shop_id, request.tables, request.fingerprint, tenant, unified)
         try:
             self._on_result(result)
         except Exception:
             logger.exception("shadow-read result handler failed")
 
-    async def _run(
-        self,
-        pool: TenantPool,
-        unit: Unit,
-        statements: PreparedStatements,
-        settings: dict[str, str],
-        ordered: bool,
-    ) -> Summary | None:
-        sink = Collector(ordered=ordered)
-        batch = TenantBatch(sink, pool, unit, statements, settings, timeout=self.timeout)
+    async def _run(self, pool: TenantPool, request: ShadowRequest) -> Summary | None:
+        sink = Collector(ordered=request.ordered)
+        batch = TenantBatch(
+            sink, pool, request.unit, request.statements, request.settings, timeout=self.timeout
+        )
         try:
             outcome = await batch.run()
         except Exception:
