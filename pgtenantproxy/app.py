@@ -36,6 +36,7 @@ from pgtenantproxy.metrics.collector import MetricSources, registry_for
 from pgtenantproxy.metrics.control import ControlGauges
 from pgtenantproxy.metrics.exporter import MetricsExporter
 from pgtenantproxy.metrics.recorder import QueryRecorder
+from pgtenantproxy.migration.keeper import PhaseKeeper
 from pgtenantproxy.reload import ConfigReloader, ReloadStats
 from pgtenantproxy.server.listener import ProxyServer
 from pgtenantproxy.web import WebServer
@@ -67,8 +68,11 @@ class ProxyApp:
         self.exporter: MetricsExporter | None = None
         self.control: ControlGauges | None = None
         self.admin: WebServer | None = None
+        self.admin_context: AdminContext | None = None
         self.reloader: ConfigReloader | None = None
         self._alert_task: asyncio.Task[None] | None = None
+        self.keeper: PhaseKeeper | None = None
+        self._keeper_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
@@ -83,18 +87,26 @@ class ProxyApp:
             status = self.mirror.status if self.mirror is not None else None
             self.runtime = await RoutingRuntime.start(config, mirror=status)
         self.server = ProxyServer(config, router=self.runtime.dispatcher if self.runtime else None)
+        if self.runtime is not None and self.mirror is not None:
+            self._start_keeper(self.runtime, self.mirror)
         if config.metrics.enabled:
             await self._start_metrics()
         await self.server.start()
         if self.runtime is not None and config.admin.enabled:
-            ctx = AdminContext(lambda: self.config, self.runtime, self.server,
-                               self.recorder.monitor if self.recorder else None, TokenSet())
-            self.admin = await start_admin(config, ctx)
+            self.admin_context = AdminContext(lambda: self.config, self.runtime, self.server,
+                                              self.recorder.monitor if self.recorder else None, TokenSet())
+            self.admin = await start_admin(config, self.admin_context)
         if config.source and self.watch_config:
             self.reloader = ConfigReloader(
                 config.source, config, self.apply_config, stats=self.sources.reloads
             )
             self.reloader.start()
+
+    def _start_keeper(self, runtime: RoutingRuntime, mirror: DualWriteService) -> None:
+        """Automatic phase moves (one leader among the proxy instances)."""
+        self.keeper = PhaseKeeper(runtime.tenancy.pool, mirror.status, runtime.dispatcher.selects,
+                                  interval_s=self.config.migration.keeper_interval_ms / 1000)
+        self._keeper_task = asyncio.get_running_loop().create_task(self.keeper.run(), name="phase-keeper")
 
     async def _start_metrics(self) -> None:
         config, runtime, sources = self.config, self.runtime, self.sources
@@ -150,10 +162,16 @@ class ProxyApp:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        if self.admin_context is not None:
+            await self.admin_context.jobs.close()
         if self._alert_task is not None:
             self._alert_task.cancel()
             await asyncio.gather(self._alert_task, return_exceptions=True)
             self._alert_task = None
+        if self.keeper is not None and self._keeper_task is not None:
+            self.keeper.stop()
+            await asyncio.gather(self._keeper_task, return_exceptions=True)
+            self.keeper = self._keeper_task = None
         await self.server.shutdown(timeout)
         if self.exporter is not None:
             await self.exporter.stop()

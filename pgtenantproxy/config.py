@@ -241,6 +241,26 @@ class DualWriteSection:
 
 
 @dataclass(frozen=True)
+class MigrationSection:
+    """The per-shop migration lifecycle (:mod:`pgtenantproxy.migration`): backfill, verification."""
+
+    #: Shops backfilled (or verified) at the same time.
+    jobs: int = _opt(4, _positive)
+    #: Rows per COPY chunk of a backfill (progress, throttling and the unit of work).
+    chunk_rows: int = _opt(50000, _positive)
+    #: Upper bound of rows copied per second, over all shops of one backfill (0: no limit).
+    throttle_rows_per_s: int = _opt(0, _non_negative)
+    #: Rows per primary-key range compared by one checksum in verification.
+    verify_chunk_rows: int = _opt(10000, _positive)
+    #: Times a differing range is compared again (after the mirror drains) before it is reported.
+    verify_rechecks: int = _opt(3, _non_negative)
+    #: How long backfill and verification wait for a shop's mirror to drain.
+    drain_timeout_s: int = _opt(60, _positive)
+    #: How often the phase keeper (in the proxy) applies the automatic phase changes.
+    keeper_interval_ms: int = _opt(500, _positive)
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     """Prometheus exporter and the performance monitor (:mod:`pgtenantproxy.metrics`)."""
 
@@ -287,6 +307,7 @@ class Config:
     routing: RoutingSection = field(default_factory=RoutingSection)
     pools: PoolsSection = field(default_factory=PoolsSection)
     dual_write: DualWriteSection = field(default_factory=DualWriteSection)
+    migration: MigrationSection = field(default_factory=MigrationSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     admin: AdminSection = field(default_factory=AdminSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -302,6 +323,7 @@ SECTIONS: dict[str, type] = {
     "routing": RoutingSection,
     "pools": PoolsSection,
     "dual_write": DualWriteSection,
+    "migration": MigrationSection,
     "metrics": MetricsSection,
     "admin": AdminSection,
     "logging": LoggingSection,

@@ -15,10 +15,14 @@ import dataclasses
 import json
 from typing import Any
 
+from pgtenantproxy.admin.jobs import Job
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.routing_state import RoutingState, clear_state, write_state
 from pgtenantproxy.dispatch.runtime import RoutingRuntime
 from pgtenantproxy.dualwrite.service import DualWriteService
+from pgtenantproxy.migration.backfill import backfill_shops
+from pgtenantproxy.migration.progress import CHUNK, ESTIMATE, SHOP_STARTED, ProgressEvent
+from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.tenancy.control_schema import audit
 
 
@@ -125,3 +129,66 @@ async def dual_write(runtime: RoutingRuntime, config: Config, actor: str, *, ena
     name = "enable-dual-write" if enable else "disable-dual-write"
     await record(runtime, name, actor, "ok", tables=tables)
     return {"ok": True, "capture": enable, "tables": tables}
+
+
+# --- migration jobs (run by :mod:`.jobs`) ---------------------------------------------
+def parse_shops(body: dict[str, Any]) -> list[int] | None:
+    """``{"shop_ids": [...]}``, ``{"shop_id": N}`` or ``{"all": true}`` (None: every eligible shop)."""
+    if body.get("all") is True:
+        if "shop_ids" in body or "shop_id" in body:
+            raise BadRequest('give either "all": true or shop ids, not both')
+        return None
+    if "shop_id" in body:
+        body = {**body, "shop_ids": [body["shop_id"]]}
+    shops = body.get("shop_ids")
+    if (not isinstance(shops, list) or not shops
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shops)):
+        raise BadRequest('give "shop_ids": [positive integers], "shop_id": N or "all": true')
+    return shops
+
+
+def _positive(body: dict[str, Any], key: str, *, zero: bool = False) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
+        raise BadRequest(f"{key} must be a {'non-negative' if zero else 'positive'} integer")
+    return value
+
+
+def parse_backfill(body: dict[str, Any]) -> tuple[list[int] | None, int | None, int | None]:
+    """``(shops, jobs, throttle rows/s)`` of a migrate-data request."""
+    return parse_shops(body), _positive(body, "jobs"), _positive(body, "throttle_rows_per_s", zero=True)
+
+
+async def migrate_data(
+    runtime: RoutingRuntime, config: Config, body: dict[str, Any], actor: str, job: Job
+) -> dict[str, Any]:
+    shops, jobs, throttle = parse_backfill(body)
+    progress: dict[int, dict[str, int]] = {}
+    job.progress = {"shops": progress}
+
+    def follow(event: ProgressEvent) -> None:
+        shop = progress.setdefault(event.shop_id, {"rows_done": 0, "rows_total": 0})
+        if event.kind in (SHOP_STARTED, ESTIMATE):
+            shop["rows_total"] = event.rows_total
+            shop["rows_done"] = max(shop["rows_done"], event.rows_done)
+        elif event.kind == CHUNK:
+            shop["rows_done"] += event.rows
+
+    report = await backfill_shops(runtime.tenancy, shops, config=config, jobs=jobs, throttle=throttle,
+                                  progress=follow, wait=True, actor=actor)
+    answer = report.as_dict()
+    await record(runtime, "migrate-data", actor, "ok" if report.ok else "failed",
+                 shops=shops or "all", outcome={r.shop_id: r.status for r in report.shops})
+    return answer
+
+
+async def verify_sync(
+    runtime: RoutingRuntime, config: Config, body: dict[str, Any], actor: str, job: Job
+) -> dict[str, Any]:
+    shops = parse_shops(body)
+    report = await verify_shops(runtime.tenancy, shops, config=config, actor=actor)
+    await record(runtime, "verify-sync", actor, "ok", shops=shops or "all",
+                 identical=report.identical)
+    return report.as_dict()

@@ -11,22 +11,26 @@ the action failed (also audited, status ``failed``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from pgtenantproxy.admin import actions
 from pgtenantproxy.admin.auth import TokenSet
+from pgtenantproxy.admin.jobs import Job, JobBook
 from pgtenantproxy.admin.openapi import PREFIX, document
 from pgtenantproxy.admin.report import gather_status
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.routing_state import RoutingState
 from pgtenantproxy.dispatch.runtime import RoutingRuntime
 from pgtenantproxy.metrics.monitor import PerformanceMonitor
+from pgtenantproxy.migration.phases import ShopPhase
+from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.server.listener import ProxyServer
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ class AdminContext:
     server: ProxyServer | None
     monitor: PerformanceMonitor | None
     tokens: TokenSet
+    jobs: JobBook = field(default_factory=JobBook)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -84,6 +89,11 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_post(f"{PREFIX}/activate-reads", api.activate_reads)
     app.router.add_post(f"{PREFIX}/rollback-reads", api.rollback_reads)
     app.router.add_post(f"{PREFIX}/use-config-strategy", api.use_config_strategy)
+    app.router.add_get(f"{PREFIX}/phases", api.phases)
+    app.router.add_post(f"{PREFIX}/migrate-data", api.migrate_data)
+    app.router.add_post(f"{PREFIX}/verify-sync", api.verify_sync)
+    app.router.add_get(f"{PREFIX}/jobs", api.jobs)
+    app.router.add_get(f"{PREFIX}/jobs/{{job_id}}", api.job)
     return app
 
 
@@ -123,6 +133,50 @@ class _Handlers:
         if shop is not None and not shop.isdigit():
             return _error(400, "shop must be a shop id")
         return web.json_response(monitor.report(int(shop) if shop is not None else None))
+
+    async def phases(self, request: web.Request) -> web.Response:
+        async with self.ctx.runtime.tenancy.pool.acquire() as conn:
+            records = await read_phases(conn)
+        return web.json_response({"shops": [_phase_dict(r) for r in records.values()]})
+
+    async def jobs(self, request: web.Request) -> web.Response:
+        return web.json_response({"jobs": [j.as_dict() for j in self.ctx.jobs.all()]})
+
+    async def job(self, request: web.Request) -> web.Response:
+        raw = request.match_info["job_id"]
+        job = self.ctx.jobs.get(int(raw)) if raw.isdigit() else None
+        if job is None:
+            return _error(404, f"no job {raw} in this proxy instance")
+        return web.json_response(job.as_dict())
+
+    # --- migration jobs ---------------------------------------------------------------
+    async def migrate_data(self, request: web.Request) -> web.Response:
+        return await self._job(request, "migrate-data", actions.parse_backfill, actions.migrate_data)
+
+    async def verify_sync(self, request: web.Request) -> web.Response:
+        return await self._job(request, "verify-sync", actions.parse_shops, actions.verify_sync)
+
+    async def _job(
+        self, request: web.Request, name: str, parse: Callable[[dict[str, Any]], object],
+        run: Callable[[RoutingRuntime, Config, dict[str, Any], str, Job], Awaitable[dict[str, Any]]],
+    ) -> web.Response:
+        """Start ``run`` as a job (202 + its URL), or wait for it with ``"wait": true`` (200/409)."""
+        actor = _actor(self.ctx, request) or "?"
+        try:
+            body = await _body(request)
+            parse(body)  # a malformed request is refused before anything starts
+        except actions.BadRequest as exc:
+            return _error(400, str(exc))
+        runtime, config = self.ctx.runtime, self.ctx.config()
+        job = self.ctx.jobs.start(name, actor, body, lambda j: run(runtime, config, body, actor, j))
+        logger.info("admin API: %s by %s started as job %d", name, actor, job.id)
+        if body.get("wait") is True:
+            assert job.task is not None
+            await asyncio.shield(job.task)
+            return web.json_response(job.as_dict(), status=200 if job.state == "done" else 409)
+        response = web.json_response(job.as_dict(), status=202)
+        response.headers["Location"] = f"{PREFIX}/jobs/{job.id}"
+        return response
 
     # --- actions ----------------------------------------------------------------------
     async def provision_all(self, request: web.Request) -> web.Response:
@@ -179,6 +233,12 @@ class _Handlers:
             return _error(500, message)
         logger.info("admin API: %s by %s", name, actor)
         return web.json_response(answer)
+
+
+def _phase_dict(record: ShopPhase) -> dict[str, Any]:
+    return {"shop_id": record.shop_id, "phase": record.phase, "version": record.version,
+            "resume_phase": record.resume_phase, "reason": record.reason, "actor": record.actor,
+            "changed_at": record.changed_at.isoformat() if record.changed_at else None}
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -46,6 +46,12 @@ def _op(summary: str, answer: dict[str, Any], *, body: dict[str, Any] | None = N
     return op
 
 
+def _job(summary: str, body: dict[str, Any]) -> dict[str, Any]:
+    op = _op(summary, _answer('finished job (with "wait": true; 409 when it failed)', _ref("Job")), body=body)
+    op["responses"]["202"] = _answer("job started; follow the Location header", _ref("Job"))
+    return op
+
+
 def _schemas() -> dict[str, Any]:
     integers = {"type": "array", "items": {"type": "integer"}}
     return {
@@ -72,8 +78,47 @@ def _schemas() -> dict[str, Any]:
                 "reason": {"type": "string"}, "override": {"type": ["string", "null"]},
                 "mirror_queue": {"type": "integer"}, "mirror_lag_seconds": {"type": "number"},
                 "dead_letters": {"type": "integer"}, "degraded": {"type": "boolean"},
+                "phase": _ref("PhaseName"), "phase_reason": {"type": ["string", "null"]},
+                "backfill": {"type": ["string", "null"],
+                             "description": "copied/total rows, done/tables tables"},
             },
         },
+        "PhaseName": {"enum": ["unified", "provisioned", "backfilling", "backfilled", "mirroring",
+                               "reads_on_tenant", "tenant_primary", "retired", "degraded", "failed"]},
+        "ShopPhase": {
+            "type": "object",
+            "properties": {"shop_id": {"type": "integer"}, "phase": _ref("PhaseName"),
+                           "version": {"type": "integer", "description": "grows by one per transition"},
+                           "resume_phase": {"type": ["string", "null"]},
+                           "reason": {"type": ["string", "null"]}, "actor": {"type": ["string", "null"]},
+                           "changed_at": {"type": ["string", "null"]}},
+        },
+        "Phases": {"type": "object",
+                   "properties": {"shops": {"type": "array", "items": _ref("ShopPhase")}}},
+        "Shops": {
+            "type": "object",
+            "description": 'One of {"shop_ids": [...]}, {"shop_id": N}, {"all": true}; '
+                           'with "wait": true the answer is the finished job',
+            "properties": {"shop_ids": integers, "shop_id": {"type": "integer"}, "all": {"type": "boolean"},
+                           "wait": {"type": "boolean"}},
+        },
+        "MigrateData": {
+            "allOf": [_ref("Shops"), {"type": "object", "properties": {
+                "jobs": {"type": "integer", "minimum": 1, "description": "shops copied at once"},
+                "throttle_rows_per_s": {"type": "integer", "minimum": 0, "description": "0: no limit"}}}],
+        },
+        "Job": {
+            "type": "object",
+            "properties": {"id": {"type": "integer"}, "action": {"type": "string"},
+                           "actor": {"type": "string"}, "request": {"type": "object"},
+                           "state": {"enum": ["running", "done", "failed"]},
+                           "started_at": {"type": "number"}, "finished_at": {"type": ["number", "null"]},
+                           "progress": {"type": "object"},
+                           "result": {"type": ["object", "null"],
+                                      "description": "the CLI's --json report (backfill or verification)"},
+                           "error": {"type": ["string", "null"]}},
+        },
+        "Jobs": {"type": "object", "properties": {"jobs": {"type": "array", "items": _ref("Job")}}},
         "Status": {
             "type": "object",
             "properties": {
@@ -145,6 +190,19 @@ def document() -> dict[str, Any]:
             strategy)},
         f"{PREFIX}/use-config-strategy": {"post": _op(
             "Forget the API's strategy: the config file's [routing] applies again", strategy)},
+        f"{PREFIX}/phases": {"get": _op(
+            "Every shop's migration phase, its version (the fence) and why it is there",
+            _answer("phases", _ref("Phases")))},
+        f"{PREFIX}/migrate-data": {"post": _job(
+            "Backfill shops (binary COPY from one snapshot, resumable); 202 with the job to follow",
+            _ref("MigrateData"))},
+        f"{PREFIX}/verify-sync": {"post": _job(
+            "Verify shops: row counts and checksums per key range on both sides; 202 with the job",
+            _ref("Shops"))},
+        f"{PREFIX}/jobs": {"get": _op("The jobs of this proxy instance", _answer("jobs", _ref("Jobs")))},
+        f"{PREFIX}/jobs/{{job_id}}": {"get": _op(
+            "One job: state, progress, result", _answer("the job (404: unknown here)", _ref("Job")),
+            params=[{"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}])},
     }
     return {
         "openapi": "3.1.0",

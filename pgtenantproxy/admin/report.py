@@ -6,14 +6,17 @@ up, the outbox, dead letters and degraded shops), so every proxy instance
 and ``pgtenantproxy status`` give the same answer. The read decision per
 shop applies the routing rule to that shared state: the effective strategy
 (API state, else the config file) with the per-shop overrides, and
-eligibility = provisioned, not degraded, and (while capture is on) mirror
-lag under ``[dual_write] max_lag_ms``. A session's own read-your-writes
+eligibility = phase ``mirroring`` or later (:mod:`pgtenantproxy.migration.phases`),
+not degraded, and (while capture is on) mirror lag under ``[dual_write]
+max_lag_ms``. Each shop also shows its phase and, while it is being copied,
+its backfill progress. A session's own read-your-writes
 wait is per session and not shown.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,9 @@ import asyncpg
 
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.routing_state import EffectiveStrategy, effective, effective_routing, read_state
+from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.migration.checkpoints import ShopProgress, shop_progress
+from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.routing import Strategy
 
 _EXISTS = "SELECT to_regclass($1) IS NOT NULL"
@@ -45,6 +51,10 @@ class ShopStatus:
     mirror_lag_seconds: float
     dead_letters: int
     degraded: bool
+    phase: str = ph.UNIFIED
+    phase_reason: str | None = None
+    #: While (or after) a backfill: "copied/total rows, done/tables tables".
+    backfill: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class StatusReport:
                            "enabled": bool(self.capture_tables)},
             "summary": {"shops": len(self.shops), "reads_on_tenant": reads_on_tenant,
                         "provisioned": sum(1 for s in self.shops if s.state == "provisioned"),
+                        "phases": dict(Counter(s.phase for s in self.shops)),
                         "dead_letters": sum(s.dead_letters for s in self.shops),
                         "degraded": sum(1 for s in self.shops if s.degraded)},
             "shops": [dataclasses.asdict(s) for s in self.shops],
@@ -70,6 +81,8 @@ class StatusReport:
 async def gather_status(conn: asyncpg.Connection, config: Config) -> StatusReport:
     state = await read_state(conn)
     provisions = {int(r["shop_id"]): r for r in await conn.fetch(_PROVISIONS)}
+    phases = await read_phases(conn)
+    backfills = {shop: _progress(p) for shop, p in (await shop_progress(conn)).items()}
     overrides: dict[int, bool] = {}
     if await conn.fetchval(_EXISTS, "pgtenantproxy.read_overrides"):
         overrides = {int(r["shop_id"]): bool(r["active"]) for r in await conn.fetch(_OVERRIDES)}
@@ -90,14 +103,15 @@ async def gather_status(conn: asyncpg.Connection, config: Config) -> StatusRepor
     max_lag_s = config.dual_write.max_lag_ms / 1000
 
     def eligible(shop: int) -> bool:
-        row = provisions.get(shop)
-        if row is None or row["state"] != "provisioned" or shop in degraded:
+        record = phases.get(shop)
+        if record is None or not record.routable or shop in degraded:
             return False
         return not capture or queues.get(shop, (0, 0.0))[1] < max_lag_s
 
     shops = []
-    for shop in sorted({*provisions, *overrides, *queues, *dead}):
+    for shop in sorted({*provisions, *phases, *overrides, *queues, *dead}):
         row = provisions.get(shop)
+        record = phases.get(shop, ph.ShopPhase(shop))
         verdict = strategy.verdict(shop, eligible)
         queue, lag = queues.get(shop, (0, 0.0))
         override = None if shop not in overrides else ("activated" if overrides[shop] else "deactivated")
@@ -105,5 +119,10 @@ async def gather_status(conn: asyncpg.Connection, config: Config) -> StatusRepor
             shop, row["server"] if row else None, row["state"] if row else "unprovisioned",
             "tenant" if verdict.tenant else "unified", verdict.reason, override,
             queue, round(lag, 3), dead.get(shop, 0), shop in degraded,
+            record.phase, record.reason, backfills.get(shop),
         ))
     return StatusReport(effective(config, state), capture, shops)
+
+
+def _progress(p: ShopProgress) -> str:
+    return f"{p.rows_copied}/{p.rows_total} rows, {p.tables_done}/{p.tables_total} tables"

@@ -3,8 +3,8 @@
 Reads the control schema of the unified database named by the config (no
 encryption key needed): the strategy set through the admin API when there
 is one, else the config file's ``[routing]``; per shop its tenant server,
-provisioning state, where its reads go and why, its override, mirror queue,
-lag and dead letters. The same report as ``GET
+migration phase, where its reads go and why, its override, mirror queue,
+lag, dead letters and backfill progress. The same report as ``GET
 /api/superadmin/migration/status``. ``--json`` prints that JSON.
 """
 
@@ -64,15 +64,21 @@ def _print(report: StatusReport, console: Console) -> None:
     capture = report.capture_tables
     console.print("write capture: " + ("never set up" if capture is None else
                                        f"on ({capture} tables)" if capture else "off"))
-    table = Table("shop", "server", "state", "reads", "why", "override", "queued", "lag s", "dead letters")
+    table = Table("shop", "server", "phase", "reads", "why", "override", "queued", "lag s", "dead letters",
+                  "backfill")
     for shop in report.shops:
+        phase = shop.phase if shop.phase not in ("degraded", "failed") else f"[red]{shop.phase}[/red]"
         table.add_row(
-            str(shop.shop_id), shop.server or "", shop.state,
+            str(shop.shop_id), shop.server or "", phase,
             "[green]tenant[/green]" if shop.reads == "tenant" else "unified", shop.reason,
             shop.override or "", str(shop.mirror_queue), f"{shop.mirror_lag_seconds:.1f}",
-            f"[red]{shop.dead_letters}[/red]" if shop.dead_letters else "0",
+            f"[red]{shop.dead_letters}[/red]" if shop.dead_letters else "0", shop.backfill or "",
         )
     console.print(table)
     summary = report.as_dict()["summary"]
     console.print(f"{summary['shops']} shops, {summary['provisioned']} provisioned, "
                   f"{summary['reads_on_tenant']} reading from tenant, {summary['dead_letters']} dead letters")
+    console.print("phases: " + ", ".join(f"{n} {phase}" for phase, n in sorted(summary["phases"].items())))
+    for shop in report.shops:
+        if shop.phase in ("degraded", "failed"):
+            console.print(f"[red]shop {shop.shop_id} {shop.phase}[/red]: {shop.phase_reason}")

@@ -1,7 +1,9 @@
 """What routing needs from the control plane, kept fresh in the background.
 
 * the tenant tables (``[tenancy] tenant_tables``, "auto" = discovered);
-* the shops whose tenant database is ready (provisioned);
+* the shops whose tenant database may serve reads: phase ``mirroring``,
+  ``reads_on_tenant`` or ``tenant_primary`` (:mod:`pgtenantproxy.migration.phases`),
+  with every shop's phase for status pages;
 * per-shop read overrides (``pgtenantproxy reads activate|deactivate``);
 * the strategy set through the admin API (:mod:`.routing_state`), if any.
 
@@ -19,6 +21,7 @@ read goes to unified.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ import asyncpg
 
 from pgtenantproxy.config import TenancySection
 from pgtenantproxy.dispatch.routing_state import CHANNEL, RoutingState, read_state
+from pgtenantproxy.migration.phases import ShopPhase
+from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
 
 logger = logging.getLogger(__name__)
@@ -50,11 +55,16 @@ class CatalogSnapshot:
     version: int = 0
     #: The strategy set through the admin API (None: the config file's applies).
     routing: RoutingState | None = None
+    #: Every recorded shop's phase (shops absent are in ``unified``); do not mutate.
+    phases: dict[int, ShopPhase] = field(default_factory=dict)
 
     def same_content(self, other: CatalogSnapshot) -> bool:
-        return (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing) == (
-            other.tenant_tables, other.ready, other.activated, other.deactivated, other.routing,
-        )
+        return (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing,
+                self.phases) == (other.tenant_tables, other.ready, other.activated, other.deactivated,
+                                 other.routing, other.phases)
+
+    def phase(self, shop_id: int) -> ShopPhase:
+        return self.phases.get(shop_id) or ShopPhase(shop_id)
 
 
 @dataclass
@@ -72,19 +82,15 @@ class TenantCatalog:
 
     async def refresh(self, conn: asyncpg.Connection) -> CatalogSnapshot:
         tables = frozenset(str(t) for t in await discover_tenant_tables(conn, self.tenancy))
-        ready = frozenset(
-            int(r["shop_id"])
-            for r in await conn.fetch(
-                "SELECT shop_id FROM pgtenantproxy.tenant_provisions WHERE state = 'provisioned'"
-            )
-        )
+        phases = await read_phases(conn)
+        ready = frozenset(shop for shop, record in phases.items() if record.routable)
         activated, deactivated = await _overrides(conn)
         routing = await read_state(conn)
         old = self.snapshot
-        new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing)
+        new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing, phases)
         changed = not new.same_content(old)
         if changed:
-            new = CatalogSnapshot(tables, ready, activated, deactivated, old.version + 1, routing)
+            new = dataclasses.replace(new, version=old.version + 1)
         self.snapshot = new
         self.refreshes += 1
         if changed:

@@ -116,6 +116,10 @@ class Dispatcher:
         self.router = router
         self._strategy_for = None
 
+    def selects(self, shop_id: int) -> bool:
+        """Does the read strategy (with the per-shop overrides) choose tenant reads for the shop?"""
+        return self._router(self.catalog.snapshot).strategy.verdict(shop_id, lambda _shop: True).tenant
+
     # --- UnitRouter -------------------------------------------------------------
     def pool(self, shop_id: int) -> TenantPool:
         return self.pools.pool(shop_id)

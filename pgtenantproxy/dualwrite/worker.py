@@ -32,8 +32,13 @@ Shops without registered credentials have no tenant database to mirror to:
 their entries are pruned by one statement that checks, in its own snapshot,
 that the shop is still unregistered, so an entry committed after the shop was
 registered (and therefore possibly after its backfill snapshot) is never
-removed. Shops registered but not yet eligible (``eligible`` hook, e.g. during
-their backfill) keep their entries until they are.
+removed. Only shops whose tenant database holds a complete copy are
+mirrored: phase ``backfilled``, ``mirroring`` or ``reads_on_tenant``
+(also while ``degraded`` or ``failed`` in one of those). The entries of
+the others (``provisioned``: nothing copied yet, where keys would miss
+their foreign keys; ``backfilling``) wait until their backfill is complete,
+as do shops the ``eligible`` hook turns down; the backfill also holds the
+shop's lease while it copies, so a worker acting on an older view still waits.
 """
 
 from __future__ import annotations
@@ -78,7 +83,10 @@ SELECT s.shop_id,
        (SELECT min(o.next_attempt_at) <= clock_timestamp() FROM pgtenantproxy.outbox o
          WHERE o.shop_id = s.shop_id AND o.next_attempt_at IS NOT NULL) AS retry_due,
        EXISTS (SELECT 1 FROM pgtenantproxy.tenant_credentials c WHERE c.shop_id = s.shop_id AND c.active)
-           AS registered
+           AS registered,
+       EXISTS (SELECT 1 FROM pgtenantproxy.shop_phases p WHERE p.shop_id = s.shop_id
+               AND CASE WHEN p.phase IN ('degraded', 'failed') THEN p.resume_phase ELSE p.phase END
+                   IN ('backfilled', 'mirroring', 'reads_on_tenant')) AS mirrored
 FROM s WHERE s.shop_id IS NOT NULL
 """
 PRUNE_SQL = """
@@ -172,6 +180,8 @@ class MirrorWorker:
                 await self._prune(shop_id, now)
             elif not (row["fresh"] or row["retry_due"]) or shop_id in self._inflight:
                 continue
+            elif not row["mirrored"]:
+                continue  # its entries wait until its backfill is complete (the backfill holds the lease)
             elif self._backoff.get(shop_id, _Backoff()).until > now:
                 continue
             elif self.eligible is None or self.eligible(shop_id):

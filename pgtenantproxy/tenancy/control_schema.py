@@ -138,6 +138,45 @@ MIGRATIONS: tuple[ControlMigration, ...] = (
             FOR EACH STATEMENT EXECUTE FUNCTION pgtenantproxy.notify_routing();
         """,
     ),
+    ControlMigration(
+        3,
+        "migration: per-shop phases (fenced by version), backfill checkpoints",
+        """
+        CREATE TABLE pgtenantproxy.shop_phases (
+            shop_id       bigint PRIMARY KEY,
+            phase         text NOT NULL CHECK (phase IN ('unified', 'provisioned', 'backfilling',
+                              'backfilled', 'mirroring', 'reads_on_tenant', 'tenant_primary', 'retired',
+                              'degraded', 'failed')),
+            version       bigint NOT NULL DEFAULT 1,
+            resume_phase  text,
+            reason        text,
+            changed_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+            actor         text NOT NULL DEFAULT current_user
+        );
+        INSERT INTO pgtenantproxy.shop_phases (shop_id, phase, resume_phase, reason)
+        SELECT shop_id,
+               CASE state WHEN 'provisioned' THEN 'provisioned' WHEN 'failed' THEN 'failed'
+                          ELSE 'unified' END,
+               CASE state WHEN 'failed' THEN 'unified' END,
+               CASE state WHEN 'failed' THEN coalesce(error, 'provisioning failed') END
+        FROM pgtenantproxy.tenant_provisions WHERE state IN ('provisioned', 'failed');
+        CREATE TRIGGER shop_phases_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+            ON pgtenantproxy.shop_phases
+            FOR EACH STATEMENT EXECUTE FUNCTION pgtenantproxy.notify_routing();
+        CREATE TABLE pgtenantproxy.backfill_progress (
+            shop_id      bigint NOT NULL,
+            tbl          text NOT NULL,
+            status       text NOT NULL CHECK (status IN ('pending', 'copying', 'done')),
+            rows_total   bigint,
+            rows_copied  bigint NOT NULL DEFAULT 0,
+            bytes_copied bigint NOT NULL DEFAULT 0,
+            started_at   timestamptz,
+            finished_at  timestamptz,
+            updated_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (shop_id, tbl)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from pgtenantproxy.config import TenancySection
+from pgtenantproxy.migration import phases
+from pgtenantproxy.migration.errors import IllegalTransition
 from pgtenantproxy.tenancy import tenant_objects as objects
 from pgtenantproxy.tenancy.control_schema import (
     CONTROL_LOCK,
@@ -207,6 +209,7 @@ class Provisioner:
             " schema_version = $3, provisioned_at = now(), updated_at = now() WHERE shop_id = $1",
             a.shop_id, PROVISIONED, a.schema_version,
         )
+        await _move_phase(conn, a.shop_id, phases.PROVISIONED, f"database {a.database} on {_name(a.server)}")
         await audit(conn, shop_id=a.shop_id, action="provision", status=PROVISIONED,
                     detail=f"server {_name(a.server)}, database {a.database}")
 
@@ -291,6 +294,7 @@ class Provisioner:
             " step = excluded.step, error = excluded.error, updated_at = now()",
             a.shop_id, FAILED, _name(a.server), a.database, a.role, a.step, reason,
         )
+        await _move_phase(conn, a.shop_id, phases.FAILED, f"provisioning failed at {reason}"[:2000])
         await audit(conn, shop_id=a.shop_id, action="provision", step=a.step, status=FAILED, detail=reason)
         logger.warning("shop %s: provisioning failed: %s", a.shop_id, reason)
         return reason
@@ -363,6 +367,10 @@ class Provisioner:
             if row is None or row["state"] == DEPROVISIONED:
                 return False
             try:
+                phases.check(await _read_phase(conn, shop_id), phases.UNIFIED)
+            except IllegalTransition as exc:
+                raise ProvisioningError(f"refusing to deprovision: {exc}") from None
+            try:
                 await self._clear_leftovers(conn, row, strict=True)
             except Exception as exc:
                 reason = f"deprovision: {describe(exc)}"
@@ -378,9 +386,24 @@ class Provisioner:
                 " schema_version = 0, updated_at = now() WHERE shop_id = $1",
                 shop_id, DEPROVISIONED,
             )
+            await _move_phase(conn, shop_id, phases.UNIFIED, "deprovisioned")
             await audit(conn, shop_id=shop_id, action="deprovision", status=DEPROVISIONED,
                         detail=f"dropped {row['database_name']} and {row['role_name']} on {row['server']}")
         return True
+
+
+async def _move_phase(conn: asyncpg.Connection, shop_id: int, target: str, reason: str) -> None:
+    """Record the shop's phase after a provisioning step (already there: nothing to do)."""
+    from pgtenantproxy.migration.store import transition  # the store imports this package
+
+    if (await _read_phase(conn, shop_id)).phase != target:
+        await transition(conn, shop_id, target, reason=reason, action="phase")
+
+
+async def _read_phase(conn: asyncpg.Connection, shop_id: int) -> phases.ShopPhase:
+    from pgtenantproxy.migration.store import read_phase  # the store imports this package
+
+    return await read_phase(conn, shop_id)
 
 
 async def _state_row(conn: asyncpg.Connection, shop_id: int) -> asyncpg.Record | None:

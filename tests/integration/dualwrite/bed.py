@@ -30,6 +30,8 @@ import asyncpg
 from pgtenantproxy.config import Config, parse_config
 from pgtenantproxy.dualwrite.service import DualWriteService
 from pgtenantproxy.embedded import PgCluster, create_cluster
+from pgtenantproxy.migration.phases import MIRRORING
+from pgtenantproxy.migration.store import force_phase
 from pgtenantproxy.tenancy.service import TenancyService
 
 HERE = Path(__file__).parent
@@ -127,7 +129,7 @@ class MirrorBed:
 
     # --- state -----------------------------------------------------------------
     async def reset(self) -> None:
-        """Capture on, seed rows mirrored to every shop, nothing queued, dead or degraded."""
+        """Capture on, seed rows mirrored to every shop (phase ``mirroring``), nothing queued or degraded."""
         svc = await DualWriteService.open(self.config(), run_worker=True)
         try:
             await svc.disable()
@@ -138,6 +140,8 @@ class MirrorBed:
                 await conn.execute(
                     "TRUNCATE pgtenantproxy.outbox, pgtenantproxy.dead_letters, pgtenantproxy.mirror_state"
                 )
+                for shop in SHOPS:  # both sides empty, hence identical: the mirror keeps them so
+                    await force_phase(conn, shop, MIRRORING, reason="test bed: empty on both sides")
             finally:
                 await conn.close()
             await asyncio.gather(*(self._truncate_tenant(s) for s in SHOPS))

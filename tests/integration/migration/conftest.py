@@ -1,0 +1,60 @@
+"""Fixtures of the migration lifecycle tests: the write-mirroring bed, brought back to "before backfill".
+
+The bed (:mod:`tests.integration.dualwrite.bed`: a unified cluster, one tenant
+server, shops 1-20 provisioned, pgbench-style tables tagged with ``shop_id``)
+is created once for this package. :func:`fresh_start` resets it for a test
+module: the seed rows in unified only, the tenant databases empty, capture on,
+nothing queued, every shop back in phase ``provisioned`` with no backfill
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pgtenantproxy.dualwrite.service import DualWriteService
+from pgtenantproxy.migration.phases import PROVISIONED
+from pgtenantproxy.migration.store import force_phase
+from tests.integration.dualwrite.bed import HERE, SHOPS, TABLES, MirrorBed, make_bed
+
+
+async def fresh_start(bed: MirrorBed) -> None:
+    """Seed rows in unified only, tenant databases empty, capture on, shops in ``provisioned``."""
+    svc = await DualWriteService.open(bed.config(), run_worker=False)
+    try:
+        await svc.disable()
+        conn = await bed.unified_admin()
+        try:
+            await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+            await conn.execute(
+                "TRUNCATE pgtenantproxy.outbox, pgtenantproxy.dead_letters, pgtenantproxy.mirror_state,"
+                " pgtenantproxy.backfill_progress"
+            )
+            for shop in SHOPS:
+                await force_phase(conn, shop, PROVISIONED, reason="test bed reset")
+        finally:
+            await conn.close()
+        await asyncio.gather(*(bed._truncate_tenant(s) for s in SHOPS))
+        await bed.psql_file(HERE / "seed.sql")
+        await svc.enable()
+    finally:
+        await svc.close()
+
+
+@pytest.fixture(scope="package")
+async def lifecycle_bed() -> AsyncIterator[MirrorBed]:
+    bed = await make_bed()
+    try:
+        yield bed
+    finally:
+        bed.destroy()
+
+
+@pytest.fixture(scope="module")
+async def lbed(lifecycle_bed: MirrorBed) -> MirrorBed:
+    """The bed at "before backfill" (see :func:`fresh_start`), once per test module."""
+    await fresh_start(lifecycle_bed)
+    return lifecycle_bed
