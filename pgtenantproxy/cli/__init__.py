@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from pgtenantproxy import __version__
-from pgtenantproxy.cli import backfill, demo, dualwrite, reads, serve, status, tenancy, verify
+from pgtenantproxy.cli import backfill, demo, dualwrite, phase, reads, serve, status, tenancy, verify
 from pgtenantproxy.cli.common import CommandError
 
-COMMANDS = (serve, demo, tenancy, reads, dualwrite, backfill, status, verify)
+COMMANDS = (serve, demo, tenancy, reads, dualwrite, backfill, verify, phase, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

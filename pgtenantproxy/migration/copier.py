@@ -1,7 +1,9 @@
 """One table of one shop, copied from the unified snapshot into the tenant database by COPY.
 
-:func:`plan_table` counts the shop's rows in the source snapshot and cuts them
-into primary-key ranges of ``every`` rows (:mod:`.keyranges`). :func:`copy_table`
+:func:`plan_table` counts the shop's rows in the source snapshot and, when
+there are more than ``every``, cuts them into primary-key ranges of ``every``
+rows (:mod:`.keyranges`); a shop that fits one chunk is copied by one plain
+scan, without key order. :func:`copy_table`
 then, inside the tenant transaction the caller opened (with
 ``session_replication_role = replica``, so foreign keys and user triggers stay
 quiet), deletes whatever the table holds (a re-run after a crash starts clean:
@@ -71,7 +73,11 @@ class TablePlan:
 
 
 async def plan_table(source: asyncpg.Connection, table: TableInfo, shop_id: int, every: int) -> TablePlan:
-    total, keys = await boundaries(source, table, shop_id, every)
+    total = int(await source.fetchval(
+        f"SELECT count(*) FROM {table.name.sql} WHERE {_shop_condition(table, shop_id)}"))
+    keys: list[str] = []
+    if total > every:  # several ranges; a shop that fits one chunk is copied by one plain scan
+        total, keys = await boundaries(source, table, shop_id, every)
     oid_bound = await source.fetchval(_OID_BOUND_COLUMNS, table.name.sql, FIRST_USER_OID)
     return TablePlan(table, total, keys, every, binary=not oid_bound)
 
@@ -86,6 +92,8 @@ def select_sql(plan: TablePlan, shop_id: int, rng: KeyRange) -> str:
     """The source side of one range: the shop's rows, stored columns only, in key order."""
     table = plan.table
     cols = ", ".join(ident(c.name) for c in table.stored_columns)
+    if rng.after is None and rng.upto is None:
+        return f"SELECT {cols} FROM {table.name.sql} WHERE {_shop_condition(table, shop_id)}"
     where, _ = range_condition(table, rng, params=False)
     return (f"SELECT {cols} FROM {table.name.sql} WHERE {_shop_condition(table, shop_id)} AND {where}"
             f" ORDER BY {key_columns(table)}")

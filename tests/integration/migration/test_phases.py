@@ -7,6 +7,7 @@ inside a proxy app with write mirroring (``AppThread(mirror=True)``).
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -136,3 +137,22 @@ async def test_the_keeper_moves_shops_by_mirror_health_and_strategy(lbed: Mirror
         for shop in (6, 7):
             await force_phase(conn, shop, ph.PROVISIONED, reason="test: reset")
         await conn.close()
+
+
+async def test_the_phase_command_shows_history_and_moves_by_the_rules(lbed: MirrorBed, tmp_path: Path) -> None:
+    config = lbed.write_config(tmp_path / "config.toml")
+
+    def phase(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pgtenantproxy", "phase", "--shop", "8", *args,
+                               "--config", str(config)], capture_output=True, text=True, timeout=60, check=False,
+                              env={**os.environ, "COLUMNS": "200"})
+
+    refused = await asyncio.to_thread(phase, "--set", "mirroring", "--reason", "skip ahead")
+    assert refused.returncode == 1 and "cannot move to mirroring" in refused.stderr, refused.stderr
+    moved = await asyncio.to_thread(phase, "--set", "backfilling", "--reason", "test: by hand")
+    assert moved.returncode == 0, moved.stderr
+    assert "shop 8: backfilling" in moved.stdout and "provisioned -> backfilling" in moved.stdout
+    forced = await asyncio.to_thread(phase, "--set", "provisioned", "--reason", "test: repair", "--force")
+    assert forced.returncode == 0 and "phase force" in forced.stdout, forced.stdout
+    missing = await asyncio.to_thread(phase, "--set", "provisioned")
+    assert missing.returncode == 2 and "--set needs --reason" in missing.stderr
