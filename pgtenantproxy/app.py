@@ -103,8 +103,9 @@ class ProxyApp:
             self.reloader.start()
 
     def _start_keeper(self, runtime: RoutingRuntime, mirror: DualWriteService) -> None:
-        """Automatic phase moves (one leader among the proxy instances)."""
-        self.keeper = PhaseKeeper(runtime.tenancy.pool, mirror.status, runtime.dispatcher.selects,
+        """Automatic phase moves (one leader among the proxy instances); the leader keeps one connection
+        of the mirror's pool (sized for its workers plus a few), not of the runtime's small one."""
+        self.keeper = PhaseKeeper(mirror.tenancy.pool, mirror.status, runtime.dispatcher.selects,
                                   interval_s=self.config.migration.keeper_interval_ms / 1000)
         self._keeper_task = asyncio.get_running_loop().create_task(self.keeper.run(), name="phase-keeper")
 

@@ -3,6 +3,11 @@
 Needs only the local PostgreSQL server binaries (says how to get them when
 they are missing). Prints the psql line to connect through the proxy; the
 password goes to a private passfile, never to the terminal.
+
+``demo --walkthrough [--shops N] [--fast]`` instead walks every migration
+phase on a unified cluster and a tenant server under a steady load, with live
+figures, and ends with every shop verified identical
+(:mod:`pgtenantproxy.walkthrough`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pgtenantproxy.config import parse_config
 from pgtenantproxy.embedded import PgCluster, PostgresNotFound, create_cluster, free_port
 from pgtenantproxy.sample import handyshop_sql
 from pgtenantproxy.server.listener import ProxyServer
+from pgtenantproxy.walkthrough.run import Options, quiet_logging, run_walkthrough
 
 APP_USER = "handyshop"
 APP_DB = "handyshop"
@@ -30,10 +36,24 @@ def register(sub: Any) -> None:
         "demo", help="start a throwaway PostgreSQL with sample data and the proxy in front of it"
     )
     parser.add_argument("--port", type=int, default=6432, help="proxy port (default 6432; 0 = any free port)")
+    parser.add_argument("--walkthrough", action="store_true",
+                        help="walk every migration phase under load, with live figures")
+    parser.add_argument("--shops", type=_shop_count, default=10,
+                        help="--walkthrough: number of shops (default 10)")
+    parser.add_argument("--fast", action="store_true", help="--walkthrough: short pauses, less data")
     parser.set_defaults(func=run)
 
 
+def _shop_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 200:
+        raise argparse.ArgumentTypeError("must be between 1 and 200")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.walkthrough:
+        return _walkthrough(args)
     try:
         cluster = create_cluster()
     except PostgresNotFound as exc:
@@ -61,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
         cluster.destroy()
         print("demo stopped; throwaway cluster removed", flush=True)
     return 0
+
+
+def _walkthrough(args: argparse.Namespace) -> int:
+    if args.log_level is None:
+        quiet_logging()
+    try:
+        return run_walkthrough(Options(shops=args.shops, fast=args.fast, port=_pick_port(args.port)))
+    except PostgresNotFound as exc:
+        raise CommandError(str(exc)) from None
 
 
 async def _load_sample(cluster: PgCluster, password: str) -> None:

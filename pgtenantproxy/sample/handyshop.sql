@@ -35,20 +35,26 @@ CREATE TABLE repairs (
 );
 CREATE INDEX repairs_shop_status ON repairs (shop_id, status);
 
+-- Size: SET handyshop.shops and handyshop.customers_per_shop before loading to change it
+-- (defaults: 10 shops, 50 customers each, 4 repairs per customer).
+CREATE TEMPORARY TABLE sample_size AS
+SELECT coalesce(nullif(current_setting('handyshop.shops', true), '')::int, 10) AS shops,
+       coalesce(nullif(current_setting('handyshop.customers_per_shop', true), '')::int, 50) AS customers;
+
 INSERT INTO shops (id, name, city)
 SELECT i, 'Shop ' || i, (ARRAY['Berlin', 'Lyon', 'Porto', 'Gdańsk', 'Malmö'])[1 + i % 5]
-FROM generate_series(1, 10) AS i;
+FROM sample_size, generate_series(1, sample_size.shops) AS i;
 
 INSERT INTO device_models (brand, model)
 SELECT b, b || ' ' || m
 FROM unnest(ARRAY['Phonix', 'Galaxo', 'Pixelo']) AS b, generate_series(1, 8) AS m;
 
 INSERT INTO users (shop_id, email, role)
-SELECT s, 'owner' || s || '@example.test', 'owner' FROM generate_series(1, 10) AS s;
+SELECT s, 'owner' || s || '@example.test', 'owner' FROM sample_size, generate_series(1, sample_size.shops) AS s;
 
 INSERT INTO customers (shop_id, name, phone)
-SELECT 1 + i % 10, 'Customer ' || i, '+49 30 ' || (100000 + i)
-FROM generate_series(1, 500) AS i;
+SELECT 1 + i % z.shops, 'Customer ' || i, '+49 30 ' || (100000 + i)
+FROM sample_size AS z, generate_series(1, z.shops * z.customers) AS i;
 
 INSERT INTO repairs (shop_id, customer_id, device_model_id, status, price, notes)
 SELECT c.shop_id, c.id, 1 + (c.id * 7) % 24,
@@ -56,3 +62,5 @@ SELECT c.shop_id, c.id, 1 + (c.id * 7) % 24,
        round((20 + (c.id * 37) % 300)::numeric, 2),
        jsonb_build_object('screen', c.id % 2 = 0)
 FROM customers AS c, generate_series(1, 4) AS n;
+
+DROP TABLE sample_size;

@@ -268,7 +268,7 @@ class Provisioner:
 
     async def _step_verify(self, conn: asyncpg.Connection, a: _Attempt) -> None:
         assert a.server is not None
-        creds = await self.registry.refresh(a.shop_id)
+        creds = await self.registry.refresh(a.shop_id, conn=conn)  # not a second pool connection
         if creds.password != a.password or creds.database != a.database:
             raise ProvisioningError("verification failed: the registry does not give back what was stored")
         shop = await asyncpg.connect(

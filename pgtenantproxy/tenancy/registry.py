@@ -157,10 +157,15 @@ class ConnectionRegistry:
             return
         self._cache[shop_id] = _Cached(task.result(), self._clock() + self.ttl_s)
 
-    async def refresh(self, shop_id: int) -> TenantCredentials:
-        """Drop the cached entry and load the row again."""
+    async def refresh(self, shop_id: int, *, conn: asyncpg.Connection | None = None) -> TenantCredentials:
+        """Drop the cached entry and load the row again (on ``conn`` when given: a caller that holds a
+        connection of a small pool must not wait for a second one)."""
         self.invalidate(shop_id)
-        return await self.get(shop_id)
+        if conn is None:
+            return await self.get(shop_id)
+        creds = await self._load(shop_id, conn)
+        self._cache[shop_id] = _Cached(creds, self._clock() + self.ttl_s)
+        return creds
 
     def invalidate(self, shop_id: int | None = None) -> None:
         if shop_id is None:
@@ -168,8 +173,8 @@ class ConnectionRegistry:
         else:
             self._cache.pop(shop_id, None)
 
-    async def _load(self, shop_id: int) -> TenantCredentials:
-        row = await self._pool.fetchrow(
+    async def _load(self, shop_id: int, conn: asyncpg.Connection | None = None) -> TenantCredentials:
+        row = await (conn or self._pool).fetchrow(
             "UPDATE pgtenantproxy.tenant_credentials SET last_used_at = now()"
             f" WHERE shop_id = $1 AND active RETURNING {_SELECT}",
             shop_id,

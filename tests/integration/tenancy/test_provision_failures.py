@@ -132,3 +132,13 @@ async def test_objects_not_created_by_pgtenantproxy_are_left_alone(
     with pytest.raises(Exception, match="not created by pgtenantproxy"):
         await svc.deprovision(300)
     assert sorted(await server_objects(bed, 300)) == ["t1:shop_300_db", "t2:shop_300_db"]
+
+
+async def test_many_concurrent_provisions_through_a_small_pool_finish(bed: TenancyBed) -> None:
+    """Each provision holds one pool connection for its shop lock; nothing may need a second one."""
+    shops = list(range(310, 316))
+    async with await TenancyService.open(bed.config(), pool_size=2) as small:
+        outcomes = await asyncio.wait_for(small.provision_many(shops, concurrency=6), 120)
+        assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok]
+        for shop in shops:
+            await small.deprovision(shop)
