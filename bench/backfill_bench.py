@@ -249,8 +249,25 @@ async def backfill_under_load(bench: Bench, target: Target, args: argparse.Names
     await loading
     if not report.ok:
         raise RuntimeError(f"backfill failed: {report.to_json()[:2000]}")
-    return (Copy(f"backfill (binary COPY, {args.jobs} jobs)", report.rows, report.bytes, ended - began),
+    return (Copy(f"backfill under load ({args.jobs} jobs)", report.rows, report.bytes, ended - began),
             load.latency("during backfill", (began, ended)))
+
+
+async def backfill_quiet(bench: Bench, args: argparse.Namespace) -> Copy:
+    """Every shop back to ``provisioned`` and copied again with nothing else running (as pg_dump was)."""
+    conn = await asyncpg.connect(**bench.unified.connect_kwargs(database=DATABASE))
+    try:
+        for shop in SHOPS:
+            await force_phase(conn, shop, PROVISIONED, reason="bench: copy again")
+    finally:
+        await conn.close()
+    async with await TenancyService.open(bench.config(), pool_size=2 * args.jobs + 2) as tenancy:
+        began = time.time()
+        report = await backfill_shops(tenancy, None, jobs=args.jobs, throttle=0)
+        ended = time.time()
+    if not report.ok:
+        raise RuntimeError(f"backfill failed: {report.to_json()[:2000]}")
+    return Copy(f"backfill, no load ({args.jobs} jobs)", report.rows, report.bytes, ended - began)
 
 
 def pg_dump_copy(bench: Bench) -> Copy:
@@ -312,8 +329,10 @@ async def run(args: argparse.Namespace) -> str:
         backfill, during = await backfill_under_load(bench, target, args)
         print("pg_dump | psql...", file=sys.stderr, flush=True)
         dump = await asyncio.to_thread(pg_dump_copy, bench)
+        print("backfill again, without load...", file=sys.stderr, flush=True)
+        quiet = await backfill_quiet(bench, args)
         print(f"done in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
-        return report(args, [backfill, dump], [before.latency("before backfill"), during])
+        return report(args, [backfill, quiet, dump], [before.latency("before backfill"), during])
     finally:
         if proxy is not None:
             proxy.stop()

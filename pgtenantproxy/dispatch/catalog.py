@@ -30,6 +30,7 @@ import asyncpg
 
 from pgtenantproxy.config import TenancySection
 from pgtenantproxy.dispatch.routing_state import CHANNEL, RoutingState, read_state
+from pgtenantproxy.migration.instances import heartbeat, new_instance_id
 from pgtenantproxy.migration.phases import ShopPhase
 from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
@@ -57,6 +58,10 @@ class CatalogSnapshot:
     routing: RoutingState | None = None
     #: Every recorded shop's phase (shops absent are in ``unified``); do not mutate.
     phases: dict[int, ShopPhase] = field(default_factory=dict)
+    #: Shops whose writes a cutover or rollback holds right now.
+    holding: frozenset[int] = frozenset()
+    #: The newest phase epoch in this snapshot (acknowledged in ``proxy_instances``).
+    epoch: int = 0
 
     def same_content(self, other: CatalogSnapshot) -> bool:
         return (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing,
@@ -79,6 +84,8 @@ class TenantCatalog:
     _task: asyncio.Task[None] | None = None
     _listen_task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: This proxy process in ``pgtenantproxy.proxy_instances`` (heartbeat and epoch seen).
+    instance_id: str = field(default_factory=new_instance_id)
 
     async def refresh(self, conn: asyncpg.Connection) -> CatalogSnapshot:
         tables = frozenset(str(t) for t in await discover_tenant_tables(conn, self.tenancy))
@@ -87,12 +94,16 @@ class TenantCatalog:
         activated, deactivated = await _overrides(conn)
         routing = await read_state(conn)
         old = self.snapshot
-        new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing, phases)
+        holding = frozenset(shop for shop, record in phases.items() if record.holding)
+        epoch = max((record.epoch for record in phases.values()), default=0)
+        new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing, phases,
+                              holding, epoch)
         changed = not new.same_content(old)
         if changed:
             new = dataclasses.replace(new, version=old.version + 1)
         self.snapshot = new
         self.refreshes += 1
+        await heartbeat(conn, self.instance_id, epoch)
         if changed:
             for listener in self.on_change:
                 try:

@@ -20,6 +20,7 @@ their per-session routing state; the next unit is decided by the new router.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.dispatcher import Dispatcher, MirrorView
 from pgtenantproxy.dispatch.items import unit_items
 from pgtenantproxy.dispatch.routing_state import EffectiveStrategy, RoutingState, effective, effective_routing
+from pgtenantproxy.migration.instances import forget
 from pgtenantproxy.pools.connection import ServerTarget
 from pgtenantproxy.pools.pool import PoolManager, TenantPool
 from pgtenantproxy.routing import Router
@@ -178,6 +180,10 @@ class RoutingRuntime:
         if self.shadow is not None:
             await self.shadow.close()
         await self.catalog.stop()
+        try:
+            await asyncio.wait_for(forget(self.tenancy.pool, self.catalog.instance_id), 2.0)
+        except Exception as exc:  # it stops heartbeating anyway: cutovers stop waiting for it soon
+            logger.info("could not remove this instance from proxy_instances: %s", exc)
         await self.pools.close()
         await self.unified_pools.close()
         await self.tenancy.close()

@@ -84,6 +84,10 @@ class ShopPhase:
     reason: str | None = None
     changed_at: datetime | None = None
     actor: str | None = None
+    #: Grows (across all shops) at every change of a phase or a fence: what proxies acknowledge.
+    epoch: int = 0
+    #: True while a cutover or rollback holds the shop's writes (until its deadline).
+    holding: bool = False
 
     @property
     def routable(self) -> bool:

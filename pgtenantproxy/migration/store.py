@@ -26,14 +26,15 @@ from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.errors import IllegalTransition, PhaseConflict
 from pgtenantproxy.tenancy.control_schema import audit
 
-_COLUMNS = "shop_id, phase, version, resume_phase, reason, changed_at, actor"
+_COLUMNS = ("shop_id, phase, version, resume_phase, reason, changed_at, actor, epoch,"
+            " fence = 'holding' AND fence_until > clock_timestamp() AS holding")
 
 
 def _record(row: asyncpg.Record) -> ph.ShopPhase:
     return ph.ShopPhase(
         shop_id=int(row["shop_id"]), phase=row["phase"], version=int(row["version"]),
         resume_phase=row["resume_phase"], reason=row["reason"], changed_at=row["changed_at"],
-        actor=row["actor"],
+        actor=row["actor"], epoch=int(row["epoch"]), holding=bool(row["holding"]),
     )
 
 
@@ -109,7 +110,8 @@ async def _write(
         row = await conn.fetchrow(
             f"""UPDATE pgtenantproxy.shop_phases
                 SET phase = $2, version = version + 1, resume_phase = $3, reason = $4,
-                    changed_at = clock_timestamp(), actor = coalesce($5, current_user)
+                    changed_at = clock_timestamp(), actor = coalesce($5, current_user),
+                    epoch = nextval('pgtenantproxy.phase_epoch')
                 WHERE shop_id = $1 AND version = $6 RETURNING {_COLUMNS}""",
             current.shop_id, target, resume, stored_reason, actor, current.version,
         )
@@ -121,3 +123,38 @@ async def _write(
     await audit(conn, shop_id=current.shop_id, action=action, step=f"{current.phase} -> {target}",
                 status="done", detail=stored_reason, actor=actor)
     return _record(row)
+
+
+async def set_fence(
+    conn: asyncpg.Connection, shop_id: int, *, hold_s: float | None, actor: str | None = None,
+    expect_version: int | None = None,
+) -> ph.ShopPhase:
+    """Hold the shop's writes in every proxy for up to ``hold_s`` seconds (None: release them).
+
+    Not a phase change (the version stays), but a new epoch, so proxies
+    acknowledge it like a transition. The deadline makes a fence whose
+    holder died release by itself.
+    """
+    async with conn.transaction():
+        current = await read_phase(conn, shop_id)
+        if expect_version is not None and current.version != expect_version:
+            raise PhaseConflict(f"shop {shop_id} changed phase meanwhile (now {current.phase}); "
+                                "the fence was not changed")
+        row = await conn.fetchrow(
+            f"""UPDATE pgtenantproxy.shop_phases
+                SET fence = CASE WHEN $2::float8 IS NULL THEN NULL ELSE 'holding' END,
+                    fence_until = clock_timestamp() + make_interval(secs => $2::float8),
+                    epoch = nextval('pgtenantproxy.phase_epoch')
+                WHERE shop_id = $1 RETURNING {_COLUMNS}""",
+            shop_id, hold_s,
+        )
+        if row is None:
+            raise IllegalTransition(f"shop {shop_id} is in phase unified: there are no writes to hold")
+        await audit(conn, shop_id=shop_id, action="fence", step="hold" if hold_s is not None else "release",
+                    status="done", detail=None if hold_s is None else f"up to {hold_s:g} s", actor=actor)
+        return _record(row)
+
+
+async def current_epoch(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """The newest epoch handed out (every proxy that saw it has seen every change up to it)."""
+    return int(await conn.fetchval("SELECT coalesce(max(epoch), 0) FROM pgtenantproxy.shop_phases"))

@@ -177,6 +177,48 @@ MIGRATIONS: tuple[ControlMigration, ...] = (
         );
         """,
     ),
+    ControlMigration(
+        4,
+        "migration II: phase epochs, write fences, proxy instances, cutover conflicts, retirement archives",
+        """
+        CREATE SEQUENCE pgtenantproxy.phase_epoch AS bigint;
+        ALTER TABLE pgtenantproxy.shop_phases
+            ADD COLUMN epoch bigint NOT NULL DEFAULT nextval('pgtenantproxy.phase_epoch'),
+            ADD COLUMN fence text CHECK (fence IN ('holding')),
+            ADD COLUMN fence_until timestamptz;
+        CREATE TABLE pgtenantproxy.proxy_instances (
+            instance_id   text PRIMARY KEY,
+            host          text NOT NULL,
+            pid           integer NOT NULL,
+            started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+            heartbeat_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+            epoch_seen    bigint NOT NULL DEFAULT 0
+        );
+        CREATE TABLE pgtenantproxy.cutover_conflicts (
+            shop_id      bigint NOT NULL,
+            kind         text NOT NULL CHECK (kind IN ('global', 'cross_shop')),
+            fingerprint  text NOT NULL,
+            sample       text NOT NULL,
+            count        bigint NOT NULL DEFAULT 0,
+            first_seen   timestamptz NOT NULL DEFAULT clock_timestamp(),
+            last_seen    timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (shop_id, kind, fingerprint)
+        );
+        CREATE TABLE pgtenantproxy.retirement_archives (
+            shop_id      bigint NOT NULL,
+            tbl          text NOT NULL,
+            path         text NOT NULL,
+            format       text NOT NULL,
+            rows         bigint NOT NULL,
+            bytes        bigint NOT NULL,
+            sha256       text NOT NULL,
+            archived_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+            deleted_at   timestamptz,
+            restored_at  timestamptz,
+            PRIMARY KEY (shop_id, tbl)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -10,6 +10,7 @@ import pytest
 from pgtenantproxy.migration.backfill import backfill_shops
 from pgtenantproxy.migration.backfill_report import BackfillReport
 from pgtenantproxy.migration.phases import MIRRORING
+from pgtenantproxy.migration.verify import verify_shops
 from tests.fixtures.proxy import ProxyThread, proxy_config
 from tests.integration.dualwrite.bed import DATABASE, SHOPS, MirrorBed, differences, run_pgbench, table_count
 from tests.integration.migration.backfill_helpers import control_plane, following_mirror, phases
@@ -41,6 +42,9 @@ async def test_backfill_all_under_pgbench_through_the_proxy_ends_identical(
         )
         assert await mirror.wait_drained(timeout_s=60)
         dead = mirror.stats.snapshot()["dead_lettered"]
+        verification = await verify_shops(tenancy, None)
+    assert verification.identical and verification.status == "identical", verification.as_dict()
+    assert sorted(s.shop_id for s in verification.shops) == list(SHOPS)
     assert report.ok, report.as_dict()
     assert sorted(s.shop_id for s in report.shops) == list(SHOPS)
     assert await table_count(lbed, "history") > history_before + 100
