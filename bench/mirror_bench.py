@@ -62,6 +62,8 @@ import asyncpg
 from pgtenantproxy.config import Config, parse_config
 from pgtenantproxy.dualwrite.service import DualWriteService
 from pgtenantproxy.embedded import PgCluster, create_cluster
+from pgtenantproxy.migration.phases import MIRRORING
+from pgtenantproxy.migration.store import force_phase
 from pgtenantproxy.tenancy.service import TenancyService
 
 REPO = Path(__file__).resolve().parent.parent
@@ -211,6 +213,12 @@ async def setup(*, durable: bool = False) -> Bed:
         outcomes = await tenancy.provision_many(SHOPS, concurrency=4)
     if not all(o.ok for o in outcomes):
         raise RuntimeError(f"provisioning failed: {[o.error for o in outcomes if not o.ok]}")
+    conn = await asyncpg.connect(**unified.connect_kwargs(database=DATABASE))
+    try:  # the worker mirrors only shops whose tenant holds a complete copy: empty on both sides
+        for shop in SHOPS:
+            await force_phase(conn, shop, MIRRORING, reason="mirror bench: empty on both sides")
+    finally:
+        await conn.close()
     async with await DualWriteService.open(bed.config(), run_worker=True) as svc:
         await svc.enable()
         await bed.psql(FILES / "seed.sql")

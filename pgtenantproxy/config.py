@@ -200,6 +200,8 @@ class RoutingSection:
     tenant_timeout_ms: int = _opt(5000, _positive)
     #: How often the routing catalog (ready shops, tenant tables, overrides) is refreshed.
     catalog_refresh_ms: int = _opt(1000, _positive)
+    #: The longest a write of a shop being cut over waits for the cutover's hold (then 55P03).
+    write_hold_timeout_ms: int = _opt(10000, _positive)
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,20 @@ class MigrationSection:
     drain_timeout_s: int = _opt(60, _positive)
     #: How often the phase keeper (in the proxy) applies the automatic phase changes.
     keeper_interval_ms: int = _opt(500, _positive)
+    #: Cutover/rollback: the longest a shop's writes are held (in-flight transactions, drain, checks,
+    #: flip); past it the step is aborted and nothing changes.
+    fence_timeout_ms: int = _opt(5000, _positive)
+    #: Cutover/rollback: how long every live proxy instance has to acknowledge a hold or a flip.
+    ack_timeout_ms: int = _opt(2000, _positive)
+    #: Cutover: ids reserved in each shared sequence for a shop's own database (see docs/migration.md).
+    id_block: int = _opt(1_000_000, _positive)
+    #: Where retirement writes each shop's archive (``shop_<N>/``); relative to the working directory.
+    archive_dir: str = _opt("pgtenantproxy-archive")
+    #: Retire a shop only when verification finds its tenant database identical
+    #: (seed: VERIFY_BEFORE_RETIREMENT).
+    verify_before_retirement: bool = _opt(True)
+    #: Archive a shop's rows before deleting them from unified (seed: ARCHIVE_BEFORE_DELETE).
+    archive_before_delete: bool = _opt(True)
 
 
 @dataclass(frozen=True)
@@ -352,6 +368,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "ENABLE_DUAL_WRITE": ("dual_write", "enabled", _env_bool),
     "MAX_METRICS_RETENTION": ("metrics", "retention", int),
     "SLOW_QUERY_THRESHOLD_MS": ("metrics", "slow_query_threshold_ms", int),
+    "VERIFY_BEFORE_RETIREMENT": ("migration", "verify_before_retirement", _env_bool),
+    "ARCHIVE_BEFORE_DELETE": ("migration", "archive_before_delete", _env_bool),
 }
 
 

@@ -21,7 +21,13 @@ from pgtenantproxy.dispatch.routing_state import RoutingState, clear_state, writ
 from pgtenantproxy.dispatch.runtime import RoutingRuntime
 from pgtenantproxy.dualwrite.service import DualWriteService
 from pgtenantproxy.migration.backfill import backfill_shops
+from pgtenantproxy.migration.cutover import CutoverContext, cutover_shops
+from pgtenantproxy.migration.cutover_report import FenceReport
 from pgtenantproxy.migration.progress import CHUNK, ESTIMATE, SHOP_STARTED, ProgressEvent
+from pgtenantproxy.migration.readiness import readiness
+from pgtenantproxy.migration.restore import restore_shop
+from pgtenantproxy.migration.retire import retire_shops
+from pgtenantproxy.migration.rollback import rollback_shops
 from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.tenancy.control_schema import audit
 
@@ -192,3 +198,82 @@ async def verify_sync(
     await record(runtime, "verify-sync", actor, "ok", shops=shops or "all",
                  identical=report.identical)
     return report.as_dict()
+
+
+def parse_cutover(body: dict[str, Any]) -> tuple[list[int] | None, int | None, bool]:
+    """``(shops, percentage, force)``: ``{"shop_ids": [...]}`` or ``{"percentage": P}``, ``"force"``."""
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("force must be true or false")
+    if "percentage" in body:
+        p = body["percentage"]
+        if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= 100:
+            raise BadRequest("percentage must be an integer between 0 and 100")
+        if "shop_ids" in body or "shop_id" in body:
+            raise BadRequest('give either "percentage" or shop ids, not both')
+        return None, p, force
+    shops = parse_shops(body)
+    if shops is None:
+        raise BadRequest('give "shop_ids" or "percentage" ("all" is not allowed here)')
+    return shops, None, force
+
+
+def parse_some_shops(body: dict[str, Any]) -> list[int]:
+    shops = parse_shops(body)
+    if shops is None:
+        raise BadRequest('give "shop_ids" or "shop_id" ("all" is not allowed here)')
+    return shops
+
+
+def parse_retire(body: dict[str, Any]) -> tuple[list[int] | None, bool]:
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("dry_run must be true or false")
+    return parse_shops(body), dry_run
+
+
+async def cutover(
+    runtime: RoutingRuntime, config: Config, body: dict[str, Any], actor: str, job: Job
+) -> dict[str, Any]:
+    shops, percentage, force = parse_cutover(body)
+    report = await cutover_shops(runtime.tenancy, shops, percentage=percentage, config=config, force=force,
+                                 actor=actor)
+    await record(runtime, "cutover", actor, "ok" if report.ok else "failed", shops=shops or percentage,
+                 outcome={r.shop_id: r.status for r in report.shops})
+    return report.as_dict()
+
+
+async def rollback(
+    runtime: RoutingRuntime, config: Config, body: dict[str, Any], actor: str, job: Job
+) -> dict[str, Any]:
+    shops = parse_some_shops(body)
+    results = await rollback_shops(CutoverContext(runtime.tenancy, config, actor=actor), shops)
+    report = FenceReport("rollback", results)
+    await record(runtime, "rollback", actor, "ok" if report.ok else "failed", shops=shops,
+                 outcome={r.shop_id: f"{r.status}: {r.phase}" for r in results})
+    return report.as_dict()
+
+
+async def retire_legacy(
+    runtime: RoutingRuntime, config: Config, body: dict[str, Any], actor: str, job: Job
+) -> dict[str, Any]:
+    shops, dry_run = parse_retire(body)
+    report = await retire_shops(runtime.tenancy, shops, config=config, dry_run=dry_run, actor=actor)
+    answer = report.as_dict()
+    await record(runtime, "retire-legacy", actor, "ok", shops=shops or "all", dry_run=dry_run)
+    return answer
+
+
+async def restore(
+    runtime: RoutingRuntime, config: Config, body: dict[str, Any], actor: str, job: Job
+) -> dict[str, Any]:
+    shops = parse_some_shops(body)
+    restored = [(await restore_shop(runtime.tenancy, shop, config=config, actor=actor)).as_dict()
+                for shop in shops]
+    await record(runtime, "restore", actor, "ok", shops=shops)
+    return {"shops": restored}
+
+
+async def cutover_check(runtime: RoutingRuntime, shops: list[int]) -> dict[str, Any]:
+    found = await readiness(runtime.tenancy.pool, shops)
+    return {"shops": [r.as_dict() for r in found.values()]}

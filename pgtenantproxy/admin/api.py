@@ -92,6 +92,11 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_get(f"{PREFIX}/phases", api.phases)
     app.router.add_post(f"{PREFIX}/migrate-data", api.migrate_data)
     app.router.add_post(f"{PREFIX}/verify-sync", api.verify_sync)
+    app.router.add_post(f"{PREFIX}/cutover", api.cutover)
+    app.router.add_get(f"{PREFIX}/cutover-check", api.cutover_check)
+    app.router.add_post(f"{PREFIX}/rollback", api.rollback)
+    app.router.add_post(f"{PREFIX}/retire-legacy", api.retire_legacy)
+    app.router.add_post(f"{PREFIX}/restore", api.restore)
     app.router.add_get(f"{PREFIX}/jobs", api.jobs)
     app.router.add_get(f"{PREFIX}/jobs/{{job_id}}", api.job)
     return app
@@ -155,6 +160,24 @@ class _Handlers:
 
     async def verify_sync(self, request: web.Request) -> web.Response:
         return await self._job(request, "verify-sync", actions.parse_shops, actions.verify_sync)
+
+    async def cutover(self, request: web.Request) -> web.Response:
+        return await self._job(request, "cutover", actions.parse_cutover, actions.cutover)
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        return await self._job(request, "rollback", actions.parse_some_shops, actions.rollback)
+
+    async def retire_legacy(self, request: web.Request) -> web.Response:
+        return await self._job(request, "retire-legacy", actions.parse_retire, actions.retire_legacy)
+
+    async def restore(self, request: web.Request) -> web.Response:
+        return await self._job(request, "restore", actions.parse_some_shops, actions.restore)
+
+    async def cutover_check(self, request: web.Request) -> web.Response:
+        raw = request.query.getall("shop", [])
+        if not raw or not all(s.isdigit() for s in raw):
+            return _error(400, "give ?shop=N (repeatable)")
+        return web.json_response(await actions.cutover_check(self.ctx.runtime, [int(s) for s in raw]))
 
     async def _job(
         self, request: web.Request, name: str, parse: Callable[[dict[str, Any]], object],

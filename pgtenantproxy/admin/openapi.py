@@ -107,6 +107,18 @@ def _schemas() -> dict[str, Any]:
                 "jobs": {"type": "integer", "minimum": 1, "description": "shops copied at once"},
                 "throttle_rows_per_s": {"type": "integer", "minimum": 0, "description": "0: no limit"}}}],
         },
+        "Cutover": {
+            "type": "object",
+            "description": 'One of {"shop_ids": [...]}, {"shop_id": N}, {"percentage": P}; "force": true '
+                           "cuts over despite recorded cross-shop/global transactions",
+            "properties": {"shop_ids": integers, "shop_id": {"type": "integer"},
+                           "percentage": {"type": "integer", "minimum": 0, "maximum": 100},
+                           "force": {"type": "boolean"}, "wait": {"type": "boolean"}},
+        },
+        "Retire": {
+            "allOf": [_ref("Shops"), {"type": "object", "properties": {
+                "dry_run": {"type": "boolean", "description": "report what would happen, change nothing"}}}],
+        },
         "Job": {
             "type": "object",
             "properties": {"id": {"type": "integer"}, "action": {"type": "string"},
@@ -198,6 +210,23 @@ def document() -> dict[str, Any]:
             _ref("MigrateData"))},
         f"{PREFIX}/verify-sync": {"post": _job(
             "Verify shops: row counts and checksums per key range on both sides; 202 with the job",
+            _ref("Shops"))},
+        f"{PREFIX}/cutover": {"post": _job(
+            "Move shops' writes to their own databases, behind a short per-shop fence; 202 with the job",
+            _ref("Cutover"))},
+        f"{PREFIX}/cutover-check": {"get": _op(
+            "The readiness report: transactions that wrote a shop and touched global tables or other shops",
+            _answer("per shop", {"type": "object"}),
+            params=[{"name": "shop", "in": "query", "required": True, "schema": {"type": "integer"},
+                     "description": "repeatable"}])},
+        f"{PREFIX}/rollback": {"post": _job(
+            "Take shops one migration phase back (reads, writes, copy, database); 202 with the job",
+            _ref("Shops"))},
+        f"{PREFIX}/retire-legacy": {"post": _job(
+            "Archive shops' legacy rows and delete them from unified (gate: tenant_primary, reverse mirror "
+            "drained, verified identical); 202 with the job", _ref("Retire"))},
+        f"{PREFIX}/restore": {"post": _job(
+            "Bring retired shops' rows back into unified from their archive, verified; 202 with the job",
             _ref("Shops"))},
         f"{PREFIX}/jobs": {"get": _op("The jobs of this proxy instance", _answer("jobs", _ref("Jobs")))},
         f"{PREFIX}/jobs/{{job_id}}": {"get": _op(

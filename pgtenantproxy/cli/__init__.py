@@ -14,10 +14,23 @@ import sys
 from collections.abc import Sequence
 
 from pgtenantproxy import __version__
-from pgtenantproxy.cli import backfill, demo, dualwrite, phase, reads, serve, status, tenancy, verify
+from pgtenantproxy.cli import (
+    backfill,
+    cutover,
+    demo,
+    dualwrite,
+    phase,
+    reads,
+    restore,
+    retire,
+    serve,
+    status,
+    tenancy,
+    verify,
+)
 from pgtenantproxy.cli.common import CommandError
 
-COMMANDS = (serve, demo, tenancy, reads, dualwrite, backfill, verify, phase, status)
+COMMANDS = (serve, demo, tenancy, reads, dualwrite, backfill, verify, cutover, phase, retire, restore, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,15 @@ unified whatever the answer.
 Eligibility of a shop for this session = ready in the catalog, and, when write
 mirroring is on, the mirror healthy and caught up (lag under ``max_lag_ms``,
 no dead letters) and caught up with this session's own writes.
+
+While some shop is ``tenant_primary`` or held by a cutover, or a shop is a
+cutover candidate (:data:`~pgtenantproxy.migration.phases.MIRRORED`), each unit
+is also summarised (:func:`~pgtenantproxy.routing.primary.touch`):
+:mod:`.write_routing` may then send it to a cut-over shop's database, hold it,
+answer a lazy BEGIN or refuse it (those decisions have no side effects here:
+the relay may ask again), and the readiness recorder counts transactions that
+could not stay atomic after a cutover (:mod:`pgtenantproxy.routing.readiness`,
+flushed by :mod:`.conflicts`). With no such shop none of this runs.
 """
 
 from __future__ import annotations
@@ -20,17 +29,21 @@ import dataclasses
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
+from pgtenantproxy.dispatch.conflicts import ConflictRecorder
 from pgtenantproxy.dispatch.items import unit_items
+from pgtenantproxy.dispatch.write_routing import Lanes, UnitView, lanes_of, write_decision
 from pgtenantproxy.pools.pool import PoolManager, TenantPool
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit
 from pgtenantproxy.protocol.messages import Parse, Query
 from pgtenantproxy.routing import BatchItem, Claim, RoutedUnit, Router, SessionShop, startup_claim
+from pgtenantproxy.routing.primary import touch
+from pgtenantproxy.routing.readiness import TxTrace, UnitNote
 from pgtenantproxy.server.routed_relay import Decision, SessionFacts
 from pgtenantproxy.server.shadow import ShadowReader, ShadowResult
 
@@ -81,6 +94,8 @@ class SessionRouting:
     #: Read-your-writes: per shop (None = every shop), the marker taken after the write committed.
     markers: dict[int | None, object] = field(default_factory=dict)
     last: RoutedUnit | None = None
+    #: The readiness recorder's view of the current transaction (None: nothing recorded yet).
+    trace: TxTrace | None = None
 
 
 class Dispatcher:
@@ -110,6 +125,11 @@ class Dispatcher:
         #: Set by the app when metrics are on: called once per completed unit.
         self.metrics: QueryMetrics | None = None
         self._strategy_for: tuple[int, Router] | None = None
+        self._lanes: Lanes = lanes_of(catalog.snapshot)
+        #: The longest a unit waits for a cutover hold on its shop (``[routing] write_hold_timeout_ms``).
+        self.hold_timeout = 10.0
+        #: Counts transactions that could not stay atomic after a cutover (flushed by the runtime).
+        self.conflicts = ConflictRecorder()
 
     def use_router(self, router: Router) -> None:
         """Swap in a new routing core (config reload, API strategy change): atomic for the loop."""
@@ -129,7 +149,13 @@ class Dispatcher:
         items = unit_items(unit, facts.statements)
         if not items:
             state.last = None
+            if items is not None and facts.pinned_shop is not None:  # Parse/Describe only: where the tx is
+                return self._count(Decision("tenant", facts.pinned_shop, "pinned_transaction", primary=True))
+            if items is not None and facts.deferred_begin is not None:
+                return self._count(Decision("aside", reason="empty"))
             return self._count(Decision("unified", reason="unknown_statement" if items is None else "empty"))
+        if facts.deferred_begin is not None:  # the lazy BEGIN is part of this unit now
+            items = [BatchItem(Query.parse(facts.deferred_begin.body).sql), *items]
         snapshot = self.catalog.snapshot
         routed = self._router(snapshot).route(
             items,
@@ -142,14 +168,27 @@ class Dispatcher:
         )
         state.last = routed
         route = routed.route
+        kind, table = _label(routed)
+        note: UnitNote | None = None
+        lanes = self._lanes_for(snapshot)
+        if lanes.active or facts.pinned_shop is not None:
+            view = UnitView(unit, routed, items, touch(routed.statements, routed.identifications,
+                            snapshot.tenant_tables, self._shadowed(state, snapshot)), (kind, table))
+            if lanes.active or facts.pinned_shop is not None:  # lazy BEGIN from the mirrored phases on
+                special = write_decision(view, facts, lanes, snapshot.tenant_tables,
+                                         held=self._held, hold_s=self.hold_timeout)
+                if special is not None:
+                    return self._count(special)
+            if lanes.watched and (view.touch.shops or view.touch.global_tables):
+                note = UnitNote(view.touch, tuple(a.fingerprint or "?" for a in routed.analyses),
+                                tuple(item.sql for item in items))
         if route.source:
             self.stats.sources[route.source] += 1
-        kind, table = _label(routed)
         if route.tenant and not unit.pinned:
             return self._count(Decision("tenant", route.shop_id, route.reason, route.source, kind, table))
         self._before_unified(state, routed, items, snapshot)
         reason = "pinned" if route.tenant else route.reason
-        return self._count(Decision("unified", route.shop_id, reason, route.source, kind, table))
+        return self._count(Decision("unified", route.shop_id, reason, route.source, kind, table, note=note))
 
     def completed(
         self, unit: Unit, facts: SessionFacts, decision: Decision, outcome: str, seconds: float
@@ -158,6 +197,8 @@ class Dispatcher:
         self.stats.outcomes[(decision.target, outcome)] += 1
         if self.metrics is not None:
             self.metrics.record(unit, facts, decision, outcome, seconds)
+        if decision.note is not None or state.trace is not None:
+            self._trace(state, decision, facts)
         if decision.tenant:
             if outcome == "ok":
                 self._maybe_shadow(unit, facts, decision, state.last)
@@ -167,6 +208,31 @@ class Dispatcher:
             for shop in state.dirty:
                 state.markers[shop] = self.mirror.write_marker(shop if shop is not None else 0)
             state.dirty.clear()
+
+    # --- write routing and the readiness recorder ---------------------------------------
+    def _lanes_for(self, snapshot: CatalogSnapshot) -> Lanes:
+        lanes = self._lanes
+        if lanes.version != snapshot.version:
+            lanes = self._lanes = lanes_of(snapshot)
+        return lanes
+
+    def _held(self, shop_id: int) -> Callable[[], bool]:
+        return lambda: shop_id in self.catalog.snapshot.holding
+
+    def _trace(self, state: SessionRouting, decision: Decision, facts: SessionFacts) -> None:
+        """Add the unit to its transaction; at the transaction's end, count its conflicts."""
+        if isinstance(decision.note, UnitNote):
+            if state.trace is None:
+                state.trace = TxTrace()
+            state.trace.add(decision.note)
+        trace = state.trace
+        ended = facts.tx_status == c.TX_IDLE and facts.pinned_shop is None and facts.deferred_begin is None
+        if trace is None or not ended:
+            return
+        state.trace = None
+        pairs = trace.conflicts(lambda shop: shop in self._lanes.watched)
+        if pairs:
+            self.conflicts.tally.add(trace, pairs)
 
     # --- helpers ----------------------------------------------------------------------
     def _state(self, facts: SessionFacts) -> SessionRouting:

@@ -16,6 +16,11 @@ and both end in one :meth:`Dispatcher.use_router` call with a new immutable
 shadow settings) and a catalog change that carries another API state
 (:meth:`RoutingRuntime._on_catalog`). Sessions keep their connections and
 their per-session routing state; the next unit is decided by the new router.
+
+The runtime also starts and stops the readiness recorder's flusher
+(:class:`~pgtenantproxy.dispatch.conflicts.ConflictRecorder`, the dispatcher's
+``conflicts``; a last flush at stop) and gives the dispatcher the longest wait
+for a cutover hold (``[routing] write_hold_timeout_ms``).
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class RoutingRuntime:
             log_inconsistencies=config.routing.log_inconsistencies,
             fallback_enabled=config.routing.enable_fallback,
         )
+        dispatcher.hold_timeout = config.routing.write_hold_timeout_ms / 1000
+        dispatcher.conflicts.start(tenancy.pool)
         runtime = cls(config, tenancy, catalog, pools, unified_pools, dispatcher, None, state)
         runtime._apply_shadow(config)
         catalog.on_change.append(runtime._on_catalog)
@@ -144,6 +151,7 @@ class RoutingRuntime:
         d.max_lag_ms = config.dual_write.max_lag_ms
         d.log_inconsistencies = config.routing.log_inconsistencies
         d.fallback_enabled = config.routing.enable_fallback
+        d.hold_timeout = config.routing.write_hold_timeout_ms / 1000
         self.pools.config = config.pools
         self.pools.ban_ms = config.routing.fallback_ban_ms
         self.unified_pools.config = config.pools
@@ -180,6 +188,7 @@ class RoutingRuntime:
         if self.shadow is not None:
             await self.shadow.close()
         await self.catalog.stop()
+        await self.dispatcher.conflicts.stop(self.tenancy.pool)
         try:
             await asyncio.wait_for(forget(self.tenancy.pool, self.catalog.instance_id), 2.0)
         except Exception as exc:  # it stops heartbeating anyway: cutovers stop waiting for it soon

@@ -18,6 +18,10 @@ source, in the writer's own transaction, and synced by key:
   shop marked degraded; nothing is dropped.
 * :mod:`.status` answers the router synchronously: lag, degraded,
   read-your-writes markers. :mod:`.stats` holds the metrics.
+* :mod:`.fence`: the per-shop write fence in a source database (checked by
+  every capture function): what a write cutover closes behind a shop.
+* :mod:`.reverse`: after the cutover the same machinery the other way, from
+  the shop's tenant database into unified (capture there, the same applier).
 * :class:`~.service.DualWriteService` puts it together for the proxy and the CLI.
 """
 

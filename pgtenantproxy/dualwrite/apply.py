@@ -1,8 +1,13 @@
 """Syncing one batch of one shop's dirty keys from a source database to a target database.
 
-Direction-agnostic: the *source* holds the outbox and the rows (unified today;
-a tenant database when mirroring runs the other way), the *target* has the
-same tables. One batch:
+Direction-agnostic: the *source* holds the outbox and the rows (unified, or
+a tenant database when mirroring runs the other way, :mod:`.reverse`), the
+*target* has the same tables. A target that holds many shops (unified) is
+written only where the rows are the shop's own (an upsert never takes over
+another shop's row: :class:`KeyConflict`), and, with ``replica``, with its
+own triggers off (``session_replication_role = replica``: unified's
+application triggers and foreign key actions would otherwise change rows the
+tenant did not change). One batch:
 
 1. Target: ``BEGIN``; take the shop's *fence* (``pg_advisory_xact_lock(FENCE,
    shop)``, held until the target commits); ``SET LOCAL
@@ -64,7 +69,14 @@ from pgtenantproxy.dualwrite.errors import TargetUnavailable, describe, is_trans
 from pgtenantproxy.dualwrite.outbox import Claim, KeyWork
 from pgtenantproxy.dualwrite.retry import RetryPolicy
 from pgtenantproxy.dualwrite.schema import APPLY_SETTING, FENCE_LOCK
-from pgtenantproxy.dualwrite.sqlgen import TableInfo, delete_sql, json_array, select_rows_sql, upsert_sql
+from pgtenantproxy.dualwrite.sqlgen import (
+    TableInfo,
+    delete_sql,
+    json_array,
+    select_rows_sql,
+    upsert_counts_rows,
+    upsert_sql,
+)
 from pgtenantproxy.dualwrite.stats import MirrorStats
 from pgtenantproxy.tenancy.control_schema import shop_lock_key
 
@@ -72,6 +84,18 @@ logger = logging.getLogger(__name__)
 
 INTEGRITY_CLASS = "23"
 MAX_ROUNDS = 20
+
+
+class KeyConflict(Exception):
+    """A key the source holds for the shop belongs to another shop's row on the target."""
+
+    sqlstate = "23505"  # an integrity error: retried, then dead-lettered like any other
+
+    def __init__(self, table: str, shop_id: int, rows: int, written: int) -> None:
+        super().__init__(
+            f"{table}: {rows - written} of {rows} keys of shop {shop_id} are held by another shop's rows "
+            "on the target (ids handed out on both sides?)"
+        )
 
 
 class SourceReadError(Exception):
@@ -91,6 +115,14 @@ class BatchResult:
     dead: int = 0  # entries dead-lettered
 
 
+class ShopMoved(Exception):
+    """The applier's guard says the shop may no longer be written on the target; nothing was applied."""
+
+    def __init__(self, shop_id: int) -> None:
+        super().__init__(f"shop {shop_id}: no longer mirrored in this direction; batch abandoned")
+        self.shop_id = shop_id
+
+
 class Applier:
     """Syncs batches of dirty keys for any source/target pair with the same tables."""
 
@@ -102,12 +134,21 @@ class Applier:
         *,
         batch_size: int,
         lock_timeout_ms: int = 10000,
+        replica: bool = False,
+        guard: str | None = None,
     ) -> None:
         self.catalog = catalog
         self.policy = policy
         self.stats = stats
         self.batch_size = batch_size
         self.lock_timeout_ms = lock_timeout_ms
+        #: Target writes with session_replication_role = replica: the target's own triggers
+        #: (the application's, foreign key actions) do not fire; every row is the source's.
+        self.replica = replica
+        #: SQL (``$1``: the shop) run on the target once its fence is held: false means the shop must not
+        #: be written there any more (e.g. it left ``tenant_primary`` while this batch waited): the batch
+        #: is abandoned, its entries stay queued (:class:`ShopMoved`).
+        self.guard = guard
 
     async def run_batch(
         self, source: asyncpg.Connection, target: asyncpg.Connection, shop_id: int
@@ -132,6 +173,11 @@ class Applier:
         try:
             await target_tx.start()
             await target.execute(self._fence_sql(shop_id))
+            if self.guard is not None and not await target.fetchval(self.guard, shop_id):
+                await target_tx.rollback()
+                raise ShopMoved(shop_id)
+        except ShopMoved:
+            raise
         except Exception as exc:
             await _quietly_rollback(target_tx)
             _raise_unavailable_if_transient(shop_id, exc)
@@ -168,6 +214,7 @@ class Applier:
             f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)};"
             f"SELECT pg_advisory_xact_lock({FENCE_LOCK}, {shop_lock_key(shop_id)});"
             f"SET LOCAL {APPLY_SETTING} = 'on'"
+            + (";SET LOCAL session_replication_role = replica" if self.replica else "")
         )
 
     # --- source -------------------------------------------------------------
@@ -250,7 +297,11 @@ class Applier:
             if deleting:
                 await target.execute(delete_sql(info), json_array([w.key for w in keys]), str(shop_id))
             else:
-                await target.execute(upsert_sql(info), json_array([w.row for w in keys if w.row is not None]))
+                rows = [w.row for w in keys if w.row is not None]
+                status = await target.execute(upsert_sql(info), json_array(rows))
+                count = int(status.split()[-1])
+                if count < len(rows) and upsert_counts_rows(info):
+                    raise KeyConflict(label, shop_id, len(rows), count)
             written += keys
         return written
 

@@ -27,7 +27,10 @@ application behind it.
 
 ``disable`` drops the triggers (and generated functions) of every table
 that has them and marks the tables inactive (their keys stay known); the
-outbox is left for the mirror worker to drain. From the commit of ``enable``
+outbox is left for the mirror worker to drain. Every capture function also
+checks the write fence of its statement's shops (``fence_check``, see
+:mod:`.fence`); ``enable`` again, or :func:`upgrade_functions`, brings the
+functions of an older install up to date. From the commit of ``enable``
 on, every committed write of those tables is in the outbox, in the writer's
 own transaction; a rolled back write never is.
 """
@@ -122,7 +125,25 @@ def function_sql(table: CapturedTable) -> str:
     ``to_jsonb(row)`` and ``TG_ARGV`` costs the writer 30-100% more per captured
     statement, and more on wide rows; see ``docs/dualwrite.md``).
     """
+    name = function_name(table).sql
+    body = "$pgtp_capture$" + function_body(table) + "$pgtp_capture$"
+    return f"""
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body};
+COMMENT ON FUNCTION {name}() IS {literal("pgtenantproxy write capture of " + table.label)};
+"""
+
+
+def function_body(table: CapturedTable) -> str:
+    """The capture function's body (``pg_proc.prosrc``): skip the mirror's writes, check the write
+    fence of the statement's shops (:mod:`.fence`), append the statement's keys to the outbox."""
     tenant = ident(table.tenant_column)
+
+    def shops(alias: str, relation: str) -> str:
+        return (
+            f"PERFORM pgtenantproxy.fence_check(ARRAY(SELECT DISTINCT {alias}.{tenant}::bigint"
+            f" FROM {relation} AS {alias} WHERE {alias}.{tenant} IS NOT NULL));"
+        )
 
     def insert(alias: str, relation: str, op: str) -> str:
         keys = ", ".join(f"{alias}.{ident(c)}" for c in table.pk_columns)
@@ -132,25 +153,20 @@ def function_sql(table: CapturedTable) -> str:
             f" FROM {relation} AS {alias} WHERE {alias}.{tenant} IS NOT NULL;"
         )
 
-    name = function_name(table).sql
-    deleted = insert("o", "pgtenantproxy_old", "'D'")
-    written = insert("n", "pgtenantproxy_new", "left(TG_OP, 1)")
     return f"""
-CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgtp_capture$
 BEGIN
     IF current_setting({literal(APPLY_SETTING)}, true) = 'on' THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'DELETE' THEN
-        {deleted}
+        {shops("o", "pgtenantproxy_old")}
+        {insert("o", "pgtenantproxy_old", "'D'")}
     ELSE
-        {written}
+        {shops("n", "pgtenantproxy_new")}
+        {insert("n", "pgtenantproxy_new", "left(TG_OP, 1)")}
     END IF;
     RETURN NULL;
 END
-$pgtp_capture$;
-COMMENT ON FUNCTION {name}() IS {literal("pgtenantproxy write capture of " + table.label)};
 """
 
 
@@ -233,6 +249,35 @@ async def disable_capture(conn: asyncpg.Connection) -> list[QualifiedName]:
     await _with_retries(conn, remove)
     logger.info("write capture disabled on %d tables", len(removed))
     return removed
+
+
+async def upgrade_functions(conn: asyncpg.Connection) -> int:
+    """Re-create the installed capture functions whose body is not this version's; returns how many.
+
+    Only ``CREATE OR REPLACE FUNCTION`` (no trigger change, so no table lock):
+    running writers pick the new body up at their next statement. Run after a
+    schema upgrade so that a process that does not ``enable`` capture (a proxy
+    with ``enabled = false``) still brings every table's function up to date.
+    """
+    await ensure_dualwrite_schema(conn)
+    async with conn.transaction():
+        await conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK}, 1)")
+        current = {
+            r["proname"]: r["prosrc"]
+            for r in await conn.fetch(
+                "SELECT p.proname, p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                " WHERE n.nspname = 'pgtenantproxy' AND p.proname LIKE 'capture\\_%'"
+            )
+        }
+        stale = [
+            t for t in await installed_tables(conn)
+            if function_name(t).name in current and current[function_name(t).name] != function_body(t)
+        ]
+        for table in stale:
+            await conn.execute(function_sql(table))
+    if stale:
+        logger.info("capture functions of %d tables upgraded", len(stale))
+    return len(stale)
 
 
 async def installed_tables(conn: asyncpg.Connection) -> list[CapturedTable]:

@@ -36,6 +36,24 @@ Objects:
   application roles need no privilege on the control schema; a session that
   sets ``pgtenantproxy.mirror_apply = on`` (the mirror's own writes, for
   mirroring in the other direction) is not captured.
+* ``write_fences`` (step 2): the database-level write fence of a shop
+  (``holding`` during a cutover, ``closed`` once the shop's writes belong to
+  another database), and ``fence_check(shops)``, which every capture function
+  calls (unless ``mirror_apply`` is on) for the shops of its statement: see
+  :mod:`.fence`. ``write_fence_gen`` (a sequence, not MVCC) and
+  ``write_fence_clock`` (its value as of the last committed fence change)
+  let a REPEATABLE READ / SERIALIZABLE writer whose snapshot predates a fence
+  change notice it (SQLSTATE 40001, retry) although it cannot see the change.
+
+Advisory lock namespaces (first int; the second is 0 or
+:func:`~pgtenantproxy.tenancy.control_schema.shop_lock_key`):
+``SCHEMA_LOCK`` 0x50475454, ``LEASE_LOCK`` 0x50475452, ``FENCE_LOCK``
+0x50475453, ``FENCE_WRITE`` 0x50475457 (per shop: shared by every writer of
+the shop until its transaction ends, exclusive by a cutover), ``FENCE_WRITE_ALL``
+0x50475458 (second int 0: shared by statements writing more than
+``FENCE_MAX_SHOPS`` shops, taken and released exclusively by a cutover).
+Elsewhere: 0x50475450-51 (control schema), 0x50475455 (keeper), 0x50475456
+(backfill).
 """
 
 from __future__ import annotations
@@ -54,6 +72,12 @@ SCHEMA_LOCK = 0x50475454  # advisory lock namespace: dualwrite schema upgrades a
 LEASE_LOCK = 0x50475452
 #: Advisory lock namespace of the per-shop apply fence on the target database (transaction lock).
 FENCE_LOCK = 0x50475453
+#: Advisory lock namespace of the per-shop DB write fence (shared by writers, exclusive by a cutover).
+FENCE_WRITE = 0x50475457
+#: Advisory lock namespace (second int 0) shared by statements that write more than FENCE_MAX_SHOPS shops.
+FENCE_WRITE_ALL = 0x50475458
+#: A statement writing at most this many shops takes each shop's FENCE_WRITE lock.
+FENCE_MAX_SHOPS = 8
 APPLY_SETTING = "pgtenantproxy.mirror_apply"
 
 _FUNCTIONS = r"""
@@ -159,6 +183,63 @@ STEPS: tuple[Step, ...] = (
         );
         """
         + _FUNCTIONS,
+    ),
+    Step(
+        2,
+        "dualwrite: per-shop write fences checked by the capture functions",
+        f"""
+        CREATE TABLE pgtenantproxy.write_fences (
+            shop_id  bigint PRIMARY KEY,
+            state    text NOT NULL CHECK (state IN ('holding', 'closed')),
+            reason   text,
+            since    timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        CREATE SEQUENCE pgtenantproxy.write_fence_gen AS bigint CACHE 1;
+        CREATE TABLE pgtenantproxy.write_fence_clock (
+            one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+            gen  bigint NOT NULL
+        );
+        INSERT INTO pgtenantproxy.write_fence_clock (gen) VALUES (nextval('pgtenantproxy.write_fence_gen'));
+
+        -- Called only by the capture functions (SECURITY DEFINER, search_path pg_catalog, pg_temp),
+        -- whose settings it runs under: no SET clause of its own, which would cost every writer a
+        -- configuration save and restore per statement.
+        CREATE FUNCTION pgtenantproxy.fence_check(shops bigint[]) RETURNS void
+        LANGUAGE plpgsql AS $fn$
+        DECLARE
+            s bigint;
+        BEGIN
+            IF cardinality(shops) <= {FENCE_MAX_SHOPS} THEN
+                FOREACH s IN ARRAY shops LOOP
+                    PERFORM pg_advisory_xact_lock_shared({FENCE_WRITE}, s::bit(32)::int4);
+                END LOOP;
+            ELSE
+                PERFORM pg_advisory_xact_lock_shared({FENCE_WRITE_ALL}, 0);
+                FOR s IN SELECT f.shop_id FROM pgtenantproxy.write_fences f WHERE f.shop_id = ANY (shops)
+                         ORDER BY f.shop_id LOOP
+                    PERFORM pg_advisory_xact_lock_shared({FENCE_WRITE}, s::bit(32)::int4);
+                END LOOP;
+            END IF;
+            SELECT f.shop_id INTO s FROM pgtenantproxy.write_fences f
+            WHERE f.shop_id = ANY (shops) AND f.state = 'closed' ORDER BY f.shop_id LIMIT 1;
+            IF s IS NOT NULL THEN
+                RAISE EXCEPTION 'shop % writes to its own database since its cutover: '
+                                'this database no longer accepts its writes', s
+                    USING ERRCODE = 'object_not_in_prerequisite_state',
+                          HINT = 'Connect through pgtenantproxy; a transaction that began before the '
+                                 'cutover must be retried.';
+            END IF;
+            IF current_setting('transaction_isolation') <> 'read committed'
+               AND (SELECT last_value FROM pgtenantproxy.write_fence_gen)
+                   > (SELECT c.gen FROM pgtenantproxy.write_fence_clock c) THEN
+                RAISE EXCEPTION 'a write fence changed after this transaction took its snapshot'
+                    USING ERRCODE = 'serialization_failure',
+                          HINT = 'Retry the transaction (a shop is being cut over).';
+            END IF;
+        END
+        $fn$;
+        REVOKE ALL ON FUNCTION pgtenantproxy.fence_check(bigint[]) FROM PUBLIC;
+        """,
     ),
 )
 

@@ -9,8 +9,15 @@ tables. ``enabled = false`` removes nothing: capture is removed only by
 older config cannot silently stop the capture the others rely on.
 
 ``await svc.start()`` starts the status poller (``svc.status``, the router's
-API) and, with ``run_worker``, the mirror worker; ``await svc.close()`` stops
-both (in-flight batches finish) and closes the pool.
+API) and, with ``run_worker``, the mirror worker and the reverse mirror worker
+(``svc.reverse``: tenant databases of ``tenant_primary`` shops into unified,
+:mod:`.reverse`, with its own stats ``svc.reverse_stats``); ``await
+svc.close()`` stops them (in-flight batches finish) and closes the pool.
+Opening also brings the capture functions of an older install up to date
+(:func:`~.capture.upgrade_functions`: the write fence), enabled or not.
+The reverse-mirroring calls of a cutover and a rollback
+(:meth:`install_reverse`, :meth:`remove_reverse`, :meth:`reverse_pending`,
+:meth:`wait_reverse_drained`) need the encryption key (the registry).
 
 How the proxy wires it (``app.run_proxy``)::
 
@@ -28,8 +35,17 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+import asyncpg
+
 from pgtenantproxy.config import Config
-from pgtenantproxy.dualwrite.capture import CapturedTable, disable_capture, enable_capture
+from pgtenantproxy.dualwrite import reverse as rev
+from pgtenantproxy.dualwrite.capture import (
+    CapturedTable,
+    disable_capture,
+    enable_capture,
+    installed_tables,
+    upgrade_functions,
+)
 from pgtenantproxy.dualwrite.schema import ensure_dualwrite_schema
 from pgtenantproxy.dualwrite.stats import MirrorStats
 from pgtenantproxy.dualwrite.status import MirrorStatus
@@ -61,11 +77,16 @@ class DualWriteService:
         )
         self.targets: TenantTargets | None = None
         self.worker: MirrorWorker | None = None
+        self.reverse_stats = MirrorStats()
+        self.reverse: rev.ReverseMirrorWorker | None = None
         if run_worker:
             self.targets = TenantTargets(
                 tenancy.registry, tenancy.servers, max_open=max(32, 4 * section.concurrency)
             )
             self.worker = MirrorWorker(tenancy.pool, self.targets, section, self.stats, eligible=eligible)
+            self.reverse = rev.ReverseMirrorWorker(
+                tenancy.pool, tenancy.registry, tenancy.servers, section, self.reverse_stats
+            )
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -77,12 +98,13 @@ class DualWriteService:
         eligible: Callable[[int], bool] | None = None,
     ) -> DualWriteService:
         worker = config.dual_write.run_worker if run_worker is None else run_worker
-        tenancy = await TenancyService.open(
-            config, need_key=worker, pool_size=config.dual_write.concurrency + 4
-        )
+        # The forward worker holds one connection per shop it drains, the reverse one per batch.
+        pool_size = config.dual_write.concurrency * (2 if worker else 1) + 4
+        tenancy = await TenancyService.open(config, need_key=worker, pool_size=pool_size)
         try:
             async with tenancy.pool.acquire() as conn:
                 await ensure_dualwrite_schema(conn)
+                await upgrade_functions(conn)
             service = cls(config, tenancy, run_worker=worker, eligible=eligible)
             if config.dual_write.enabled:
                 await service.enable()
@@ -117,6 +139,8 @@ class DualWriteService:
         self._tasks.append(loop.create_task(self.status.run(), name="mirror-status"))
         if self.worker is not None:
             self._tasks.append(loop.create_task(self.worker.run(), name="mirror-worker"))
+        if self.reverse is not None:
+            self._tasks.append(loop.create_task(self.reverse.run(), name="reverse-mirror-worker"))
         try:
             await asyncio.wait_for(self.status.ready.wait(), ready_timeout_s)
         except TimeoutError:
@@ -126,6 +150,8 @@ class DualWriteService:
         self.status.stop()
         if self.worker is not None:
             self.worker.stop()
+        if self.reverse is not None:
+            self.reverse.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
@@ -156,3 +182,46 @@ class DualWriteService:
                 return False
             await asyncio.sleep(poll_s)
         return True
+
+    # --- reverse mirroring (a cutover, a rollback) -----------------------------------
+    async def _tenant_admin(self, shop_id: int) -> asyncpg.Connection:
+        return await rev.connect_tenant_admin(self.tenancy.registry, self.tenancy.servers, shop_id)
+
+    async def install_reverse(self, shop_id: int) -> list[CapturedTable]:
+        """Reverse capture on the shop's tenant database, on the tables unified captures (idempotent)."""
+        async with self.tenancy.pool.acquire() as conn:
+            tables = await installed_tables(conn)
+        admin = await self._tenant_admin(shop_id)
+        try:
+            captured = await rev.install_reverse_capture(admin, tables)
+        finally:
+            await admin.close()
+        await audit(self.tenancy.pool, shop_id=shop_id, action="reverse capture install", status="done",
+                    detail=f"capture on {len(captured)} tables of the tenant database")
+        return captured
+
+    async def remove_reverse(self, shop_id: int) -> list[QualifiedName]:
+        """Remove reverse capture from the shop's tenant database (queued entries stay)."""
+        admin = await self._tenant_admin(shop_id)
+        try:
+            removed = await rev.remove_reverse_capture(admin)
+        finally:
+            await admin.close()
+        await audit(self.tenancy.pool, shop_id=shop_id, action="reverse capture remove", status="done",
+                    detail=f"capture removed from {len(removed)} tables of the tenant database")
+        return removed
+
+    async def reverse_pending(self, shop_id: int) -> rev.ReversePending:
+        admin = await self._tenant_admin(shop_id)
+        try:
+            return await rev.reverse_pending(admin, shop_id)
+        finally:
+            await admin.close()
+
+    async def wait_reverse_drained(self, shop_id: int, *, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until the shop's reverse queue is empty (no dead letters either); False on timeout."""
+        admin = await self._tenant_admin(shop_id)
+        try:
+            return await rev.wait_reverse_drained(admin, shop_id, timeout_s=timeout_s, poll_s=poll_s)
+        finally:
+            await admin.close()

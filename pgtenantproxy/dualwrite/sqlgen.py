@@ -16,7 +16,10 @@ arrive exact.
 * :func:`upsert_sql` (target): ``$1`` jsonb array of rows; ``INSERT ... ON
   CONFLICT (primary key) DO UPDATE`` of every stored column (generated columns
   are left to the target; identity ``ALWAYS`` columns are written with
-  ``OVERRIDING SYSTEM VALUE``).
+  ``OVERRIDING SYSTEM VALUE``), only where the existing row belongs to the same
+  shop: a target that holds many shops (unified, when mirroring runs from a
+  tenant database) never has another shop's row overwritten; the row count
+  then falls short, which the applier reports as a conflict.
 * :func:`delete_sql` (target): ``$1`` jsonb array of keys, ``$2`` shop (text);
   the rows are found by primary-key probes and deleted by ``ctid``.
 """
@@ -93,12 +96,20 @@ def upsert_sql(table: TableInfo) -> str:
         f"{ident(c.name)} = excluded.{ident(c.name)}" for c in stored if c.name not in key_names
     )
     overriding = " OVERRIDING SYSTEM VALUE" if any(c.identity_always for c in stored) else ""
-    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    tenant = ident(table.tenant_column)
+    action = f"DO UPDATE SET {updates} WHERE x.{tenant} = excluded.{tenant}" if updates else "DO NOTHING"
     return (
         f"INSERT INTO {table.name.sql} AS x ({cols}){overriding}"
         f" SELECT {picked} FROM jsonb_populate_recordset(NULL::{table.name.sql}, $1::jsonb) AS r"
         f" ON CONFLICT ({keys}) {action}"
     )
+
+
+def upsert_counts_rows(table: TableInfo) -> bool:
+    """True when :func:`upsert_sql` writes every row it is given (``DO UPDATE``), so a short count
+    means a key held by another shop's row."""
+    keys = {c.name for c in table.pk}
+    return any(c.name not in keys for c in table.stored_columns)
 
 
 def delete_sql(table: TableInfo) -> str:

@@ -129,6 +129,7 @@ class MirrorWorker:
         self._deleted = 0  # outbox entries removed since the last VACUUM
         self._vacuumed_at = 0.0
         self._vacuum: asyncio.Task[None] | None = None
+        self._last_started = -1  # the shop whose drain started last (round-robin)
 
     # --- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
@@ -189,10 +190,16 @@ class MirrorWorker:
         return shops
 
     async def _dispatch(self, queue: list[int], deadline: float) -> None:
-        """Start draining the queued shops as slots free up, until the next discovery is due."""
+        """Start draining the queued shops as slots free up, until the next discovery is due.
+
+        Round-robin: the queue (in shop order) starts after the shop that started last, so shops
+        late in the order are not starved when a round ends before its queue does."""
+        start = next((i for i, shop in enumerate(queue) if shop > self._last_started), 0)
+        queue = queue[start:] + queue[:start]
         while queue and not self._stopping.is_set():
             while queue and len(self._inflight) < self.section.concurrency:
                 shop_id = queue.pop(0)
+                self._last_started = shop_id
                 self._inflight[shop_id] = asyncio.get_running_loop().create_task(
                     self._drain_shop(shop_id), name=f"mirror-shop-{shop_id}"
                 )

@@ -11,7 +11,10 @@ Two cases cannot wait for a whole unit, and are *pinned* to the session's own
 (unified) server: a ``Flush`` (the client wants answers before its Sync, so
 what came so far is released at once, and the rest of that batch follows it),
 and COPY sub-protocol messages (CopyData/CopyDone/CopyFail), which belong to a
-COPY that is always running on the unified server.
+COPY that is always running on the unified server. A simple ``Query`` ends
+the server's extended batch (asyncpg prepares with Parse/Describe/Flush, then
+may send a ``BEGIN`` Query before the Bind/Execute/Sync), so the batch after
+it is not pinned.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class BatchAssembler:
         out = self._release_pending()
         if mtype == c.QUERY:
             out.append(Unit([msg], complete=True, kind="query"))
+            self._pinned = False  # a simple Query ends whatever extended batch came before it
         elif mtype == c.FUNCTION_CALL:
             out.append(Unit([msg], complete=True, pinned=True, kind="function"))
         elif mtype in _COPY:

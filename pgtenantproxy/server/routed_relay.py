@@ -13,6 +13,28 @@ Session facts the router needs are kept here: the transaction status (last
 ReadyForQuery of unified: tenant units only ever run when it is 'I'), the
 client's prepared statements, and the session settings the unified server
 reports (ParameterStatus), which a tenant connection gets before a unit runs.
+
+The relay is one class chain, one job per module: :mod:`.relay_base` (shared
+state, what the session asks), :mod:`.unified_side` (sending to unified,
+filtering its answers), :mod:`.moved_tx` (tenant units, pinned transactions,
+refusals, holds), and this module (the client side: tracking, dispatching).
+
+Write routing (``tenant_primary`` shops, :mod:`pgtenantproxy.dispatch.write_routing`)
+adds decisions besides "unified" and "tenant"; the relay acts on them only
+when unified owes nothing (else it waits and asks again, so the router sees
+the right transaction status), and the router has no side effects for them:
+
+* ``tenant`` with ``primary``: run on the shop's database; a transaction left
+  open there pins that connection to the session (:mod:`.moved_tx`).
+* ``begin`` / ``local``: the proxy answers a lazy BEGIN (and a COMMIT/ROLLBACK
+  right after it) itself, as a simple Query or as an extended-protocol unit
+  (:func:`~pgtenantproxy.protocol.local_answers.extended_reply`);
+  :attr:`SessionFacts.deferred_begin` remembers the BEGIN's text as a simple
+  Query, which the next unit's server gets first (its answer is skipped). A
+  statement the BEGIN unit parsed reaches a server when a later unit uses it
+  (tenant re-prepare; :mod:`.unified_statements` for unified).
+* ``refuse``: the error is raised by the server holding the session's transaction.
+* ``hold``: wait (the pump stops) while the shop is held, then decide again.
 """
 
 from __future__ import annotations
@@ -21,149 +43,63 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from pgtenantproxy.pools.pool import TenantPool
 from pgtenantproxy.protocol import constants as c
-from pgtenantproxy.protocol.batch import BatchAssembler, Unit
-from pgtenantproxy.protocol.errors import CONNECTION_FAILURE, ProtocolViolation, ProxyError, error_response
-from pgtenantproxy.protocol.framing import FrameScanner, Message, MessageReader
-from pgtenantproxy.protocol.messages import CloseOrDescribe, ParameterStatus, Parse, Query, ReadyForQuery
-from pgtenantproxy.server.endpoint import Endpoint
-from pgtenantproxy.server.statements import PreparedStatements
-from pgtenantproxy.server.tenant_batch import Outcome, TenantBatch
+from pgtenantproxy.protocol.batch import Unit
+from pgtenantproxy.protocol.errors import ProtocolViolation
+from pgtenantproxy.protocol.framing import Message
+from pgtenantproxy.protocol.local_answers import ReplyFilter, command_complete, extended_reply
+from pgtenantproxy.protocol.messages import SYNC_MESSAGE, CloseOrDescribe, Parse, Query
+from pgtenantproxy.server.moved_tx import HOLD_POLL_S, MovedTransactions
+from pgtenantproxy.server.unit_decision import (
+    SHARED_SETTINGS,
+    UNIFIED_PINNED,
+    Decision,
+    SessionFacts,
+    UnitRouter,
+    hold_timeout_error,
+    pinned_refusal,
+)
+
+__all__ = [
+    "HOLD_POLL_S",
+    "MAX_QUEUED_UNITS",
+    "SHARED_SETTINGS",
+    "UNIFIED_PINNED",
+    "Decision",
+    "RoutedRelay",
+    "SessionFacts",
+    "UnitRouter",
+    "hold_timeout_error",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Session settings a tenant connection must share with the client's session.
-SHARED_SETTINGS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings")
-_FATAL = (b"\x00VFATAL\x00", b"\x00VPANIC\x00")
 #: Pause reading the client when this many units wait behind a tenant unit.
 MAX_QUEUED_UNITS = 256
+_DESCRIBE_ONLY = frozenset({c.PARSE, c.DESCRIBE, c.CLOSE, c.FLUSH})
 
 
-@dataclass(frozen=True)
-class Decision:
-    target: str  # "unified" | "tenant"
-    shop_id: int | None = None
-    reason: str = ""
-    source: str | None = None
-    #: For metrics: the unit's statement kind (select|insert|update|delete|other) and first table.
-    kind: str = "other"
-    table: str = ""
-
-    @property
-    def tenant(self) -> bool:
-        return self.target == "tenant"
+def _describes_only(unit: Unit) -> bool:
+    """An extended-protocol part with no Execute (nothing runs: Parse, Describe, Close, Flush)."""
+    return unit.kind == "extended" and all(m.type in _DESCRIBE_ONLY for m in unit.messages)
 
 
-UNIFIED_PINNED = Decision("unified", reason="pinned")
+def local_reply(unit: Unit, tag: str, status: int) -> bytes:
+    """The proxy's own answer to a lazy BEGIN (status T) or the COMMIT/ROLLBACK after it (I)."""
+    if unit.kind == "query":
+        return command_complete(tag, status)
+    return extended_reply(unit, tag, status)
 
 
-@dataclass
-class SessionFacts:
-    """What the router may look at about a session."""
-
-    startup: dict[str, str]
-    statements: PreparedStatements = field(default_factory=PreparedStatements)
-    settings: dict[str, str] = field(default_factory=dict)
-    tx_status: int = c.TX_IDLE
-    #: Anything the router keeps per session (SET shop tracking, watermarks...).
-    router_state: object | None = None
-
-    def shared_settings(self) -> dict[str, str]:
-        """The settings a tenant connection must share with this session."""
-        return {k: v for k, v in self.settings.items() if k in SHARED_SETTINGS}
+def _replayable(unit: Unit, decision: Decision) -> Message:
+    """The lazy BEGIN as the simple Query replayed where its transaction runs."""
+    if unit.kind == "query":
+        return unit.messages[0]
+    return Message(c.QUERY, Query(decision.begin_sql).build()[5:])
 
 
-class UnitRouter(Protocol):
-    def decide(self, unit: Unit, facts: SessionFacts) -> Decision: ...
-    def pool(self, shop_id: int) -> TenantPool: ...
-    def completed(
-        self, unit: Unit, facts: SessionFacts, decision: Decision, outcome: str, seconds: float
-    ) -> None: ...
-    @property
-    def tenant_timeout(self) -> float: ...
-    @property
-    def fallback_enabled(self) -> bool: ...
-
-
-def _tenant_unavailable(shop_id: int | None) -> bytes:
-    return error_response(
-        CONNECTION_FAILURE,
-        f"pgtenantproxy: the database of shop {shop_id} is unavailable",
-        hint="[routing] enable_fallback = true re-runs such reads on the unified database.",
-    )
-
-
-class RoutedRelay:
-    def __init__(
-        self,
-        client: Endpoint,
-        server: Endpoint,
-        router: UnitRouter,
-        facts: SessionFacts,
-        *,
-        on_violation: Callable[[ProtocolViolation], None],
-        on_idle: Callable[[], None],
-        on_terminate: Callable[[], None],
-        on_tenant_failure: Callable[[], None],
-    ) -> None:
-        self.client = client
-        self.server = server
-        self.router = router
-        self.facts = facts
-        self.close_when_idle = False
-        self.server_said_fatal = False
-        self.owed = 0  # ReadyForQuery the unified server still owes
-        self.tenant_task: asyncio.Task[None] | None = None
-        self.tenant_batch: TenantBatch | None = None
-        self._reader = MessageReader(c.FRONTEND_LIMITS)
-        self._assembler = BatchAssembler()
-        self._queue: deque[Unit] = deque()
-        self._server_scanner = FrameScanner(
-            frozenset({c.READY_FOR_QUERY, c.ERROR_RESPONSE, c.PARAMETER_STATUS})
-        )
-        self._pending_unified: deque[tuple[Unit, Decision, float]] = deque()
-        self._on_violation = on_violation
-        self._on_idle = on_idle
-        self._on_terminate = on_terminate
-        self._on_tenant_failure = on_tenant_failure
-        self._client_paused = False
-        self._unit_failed = False  # an ErrorResponse since the last ReadyForQuery
-        client.peer = server
-        server.peer = client
-
-    # --- state the session asks about -------------------------------------------
-    @property
-    def tx_status(self) -> int:
-        return self.facts.tx_status
-
-    @property
-    def idle(self) -> bool:
-        return (
-            self.owed == 0
-            and self.tenant_task is None
-            and not self._queue
-            and not self._assembler.has_pending
-            and self.facts.tx_status == c.TX_IDLE
-        )
-
-    @property
-    def server_at_boundary(self) -> bool:
-        return self._server_scanner.at_boundary and self.tenant_task is None
-
-    def cancel_target(self) -> tuple[str, int, int, bytes] | None:
-        """The tenant connection running this client's query, if any."""
-        batch = self.tenant_batch
-        if batch is not None and batch.conn is not None:
-            conn = batch.conn
-            return conn.target.host, conn.target.port, conn.pid, conn.key
-        return None
-
+class RoutedRelay(MovedTransactions):
     def start(self, server_leftover: bytes, client_leftover: bytes) -> None:
         self.server.start_relay(self.from_server, server_leftover)
         self.client.start_relay(self.from_client, client_leftover)
@@ -193,7 +129,7 @@ class RoutedRelay:
             self.facts.statements.simple_query(Query.parse(msg.body).sql)
 
     def _pump(self) -> None:
-        """Dispatch queued units in order; stop at a tenant unit until it is done."""
+        """Dispatch queued units in order; stop at a tenant unit (or a hold) until it is done."""
         while self._queue and self.tenant_task is None:
             unit = self._queue[0]
             if unit.kind == "terminate":
@@ -201,16 +137,46 @@ class RoutedRelay:
                 self.server.write(unit.raw())
                 self._on_terminate()
                 return
+            if not unit.complete and self._in_moved_tx():
+                if _describes_only(unit) and not self.owed:
+                    self._queue.popleft()
+                    self._describe_aside(unit)
+                    continue
+                if self.facts.pinned_shop is not None:
+                    self._fatal_in_tenant_tx()
+                    return
+            elif self._flush_synced and unit.complete:
+                unit.pinned, self._flush_synced = False, False  # its Flush-split head was synced by us
+            if self.facts.pinned_shop is not None and unit.pinned:
+                self._fatal_in_tenant_tx()
+                return
             decision = self._decide(unit)
-            if decision.tenant:
+            if decision.target != "unified":
                 if self.owed:
-                    break  # unified answers first, to keep the order
+                    break  # unified answers first, to keep the order (and the tx status right)
                 self._queue.popleft()
-                self._start_tenant(unit, decision)
-                break
+                self._act(unit, decision)
+                continue
             self._queue.popleft()
             self._send_unified(unit, decision)
         self._backpressure()
+
+    def _in_moved_tx(self) -> bool:
+        return self.facts.pinned_shop is not None or self.facts.deferred_begin is not None
+
+    def _describe_aside(self, unit: Unit) -> None:
+        """A Flush-split Parse/Describe (asyncpg's prepare) in a moved transaction: unified describes it.
+
+        Describing has no effect on data, and unified's tables look like the shop's; the
+        proxy ends that batch with a Sync of its own (answer skipped), and the Sync-ended
+        rest of the client's batch is then routed like any unit (the statement is
+        re-prepared wherever it runs).
+        """
+        self._filters.append(ReplyFilter())
+        self._unified_statements.sent(unit)
+        self._unified_mid_batch = False
+        self.server.write(unit.raw() + SYNC_MESSAGE)
+        self._flush_synced = True
 
     def _decide(self, unit: Unit) -> Decision:
         """Ask the router about complete units (pinned ones too, for its bookkeeping)."""
@@ -220,16 +186,40 @@ class RoutedRelay:
             decision = self.router.decide(unit, self.facts)
         except Exception:
             logger.exception("routing failed; unit sent to unified")
-            return Decision("unified", reason="router_error")
-        if decision.tenant and (unit.pinned or self.facts.tx_status != c.TX_IDLE):
+            decision = Decision("unified", reason="router_error")
+        pinned = self.facts.pinned_shop
+        if pinned is not None:
+            if decision.target in ("tenant", "refuse") and decision.shop_id == pinned:
+                return decision
+            return Decision("refuse", pinned, "refused", error=pinned_refusal(pinned))
+        if decision.tenant and (unit.pinned or (not decision.primary and self.facts.tx_status != c.TX_IDLE)):
             return UNIFIED_PINNED  # never, whatever a router says
         return decision
 
-    def _send_unified(self, unit: Unit, decision: Decision) -> None:
-        self.server.write(unit.raw())
-        if unit.complete:
+    def _act(self, unit: Unit, decision: Decision) -> None:
+        target = decision.target
+        if target == "tenant":
+            self._start_tenant(unit, decision)
+        elif target == "refuse":
+            assert decision.error is not None
+            self._refuse(decision, decision.error)
+        elif target == "hold":
+            self.tenant_task = asyncio.get_running_loop().create_task(self._hold(unit, decision))
+        elif target == "begin":
+            self.facts.deferred_begin = _replayable(unit, decision)
+            self.client.write(local_reply(unit, decision.tag, c.TX_IN_BLOCK))
+        elif target == "aside":  # Parse/Describe only, outside the deferred transaction
+            self._prepare_unified(unit)
+            self._filters.append(ReplyFilter(rewrite_to=c.TX_IN_BLOCK))
+            self._write_unified(unit)
             self.owed += 1
-            self._pending_unified.append((unit, decision, time.perf_counter()))
+            self._pending_unified.append((unit, dataclasses.replace(decision, target="unified"),
+                                          time.perf_counter()))
+        elif target == "local":
+            self.facts.deferred_begin = None
+            self.client.write(local_reply(unit, decision.tag, c.TX_IDLE))
+        else:
+            self._send_unified(unit, decision)
 
     def _backpressure(self) -> None:
         crowded = len(self._queue) > MAX_QUEUED_UNITS
@@ -239,92 +229,3 @@ class RoutedRelay:
         elif not crowded and self._client_paused:
             self._client_paused = False
             self.client.resume_reading()
-
-    # --- tenant units ---------------------------------------------------------------
-    def _start_tenant(self, unit: Unit, decision: Decision) -> None:
-        assert decision.shop_id is not None
-        batch = TenantBatch(
-            self.client,
-            self.router.pool(decision.shop_id),
-            unit,
-            self.facts.statements,
-            self.facts.shared_settings(),
-            timeout=self.router.tenant_timeout,
-        )
-        self.tenant_batch = batch
-        self.tenant_task = asyncio.get_running_loop().create_task(self._run_tenant(unit, decision, batch))
-
-    async def _run_tenant(self, unit: Unit, decision: Decision, batch: TenantBatch) -> None:
-        started = time.perf_counter()
-        try:
-            outcome = await batch.run()
-        except Exception:
-            logger.exception("tenant unit failed")
-            outcome = Outcome.FAILED if batch.forwarded else Outcome.FALLBACK
-        finally:
-            self.tenant_task = None
-            self.tenant_batch = None
-        if outcome is Outcome.DONE:
-            result = "error" if batch.answered_error else "ok"
-            self.router.completed(unit, self.facts, decision, result, time.perf_counter() - started)
-        elif outcome is Outcome.FALLBACK and self.router.fallback_enabled:
-            logger.info(
-                "shop %s: tenant read failed (%s); re-running on unified", decision.shop_id, batch.error
-            )
-            self._send_unified(unit, dataclasses.replace(decision, target="unified", reason="fallback"))
-        elif outcome is Outcome.FALLBACK:
-            logger.warning("shop %s: tenant read failed (%s); fallback is off", decision.shop_id, batch.error)
-            self.client.write(_tenant_unavailable(decision.shop_id) + ReadyForQuery.idle().build())
-            self.router.completed(unit, self.facts, decision, "error", time.perf_counter() - started)
-        else:
-            logger.warning("shop %s: tenant failed mid-answer: %s", decision.shop_id, batch.error)
-            self._on_tenant_failure()
-            return
-        if self.close_when_idle and self.idle:
-            self._on_idle()
-            return
-        self._pump()
-
-    # --- unified -> client ------------------------------------------------------------
-    def from_server(self, data: bytes) -> None:
-        self.client.write(data)
-        frames = self._server_scanner.feed(data)
-        if not frames:
-            return
-        answered = False
-        for frame in frames:
-            if frame.type == c.READY_FOR_QUERY:
-                self.facts.tx_status = frame.body[0] if frame.body else c.TX_IDLE
-                if self.owed:
-                    self.owed -= 1
-                    self._unified_done()
-                self._unit_failed = False
-                answered = True
-            elif frame.type == c.ERROR_RESPONSE:
-                self._unit_failed = True
-                if _FATAL[0] in frame.body or _FATAL[1] in frame.body:
-                    self.server_said_fatal = True
-            elif frame.type == c.PARAMETER_STATUS:
-                try:
-                    ps = ParameterStatus.parse(frame.body)
-                except ProxyError:
-                    continue
-                self.facts.settings[ps.name] = ps.value
-        if answered:
-            if self.close_when_idle and self.idle:
-                self._on_idle()
-            elif self._queue:
-                self._pump()
-
-    def _unified_done(self) -> None:
-        if not self._pending_unified:
-            return
-        unit, decision, started = self._pending_unified.popleft()
-        if self._unit_failed:
-            outcome = "error"
-        else:
-            outcome = "fallback" if decision.reason == "fallback" else "ok"
-        self.router.completed(unit, self.facts, decision, outcome, time.perf_counter() - started)
-
-    def seed_settings(self, parameters: dict[str, str]) -> None:
-        self.facts.settings.update(parameters)

@@ -143,6 +143,8 @@ class ClientSession:
             self.server.on_lost = None
             if not self.idle and self.server.is_open:
                 self.cancel_running_query()  # nobody is left to read the answer
+        if isinstance(self.relay, RoutedRelay):
+            self.relay.dispose()  # a transaction pinned to a tenant connection rolls back
         if self.established is not None and self.established.real_key is not None:
             self.proxy.cancels.remove(self.established.real_key.pid, self)
         if self.server is not None:

@@ -14,6 +14,18 @@ within the timeout — :meth:`TenantBatch.run` returns ``FALLBACK`` and the
 caller re-runs the unit on unified, transparently. Once bytes have been
 forwarded, a tenant failure ends the client session with FATAL 08006, as the
 loss of a direct server would.
+
+*Primary* units (a ``tenant_primary`` shop's reads and writes: the shop's data
+lives there) never fall back: their answer is forwarded as it comes, with no
+timeout on the statement itself (a direct server has none either), and a
+connection whose transaction is still open after the unit (ReadyForQuery
+T/E) is not given back: it is :attr:`TenantBatch.kept` for the session,
+which passes it back in (``conn=``) for the next unit of that transaction.
+Such a continuation skips the session settings (they were applied when the
+transaction began, and must not be changed inside it) and, in a failed
+transaction, re-preparing (the server answers 25P02 to everything anyway).
+``begin`` is a deferred BEGIN the client already got an answer for: it runs
+in a round trip of the proxy's own right before the unit.
 """
 
 from __future__ import annotations
@@ -79,6 +91,10 @@ class TenantBatch:
         *,
         timeout: float,
         on_bytes: Callable[[], None] | None = None,
+        primary: bool = False,
+        conn: ServerConnection | None = None,
+        conn_status: int = c.TX_IDLE,
+        begin: bytes | None = None,
     ) -> None:
         self.client = client
         self.pool = pool
@@ -98,18 +114,37 @@ class TenantBatch:
         self._status = c.TX_IDLE
         self._broken_error = False
         self._on_bytes = on_bytes
+        self.primary = primary
+        self.begin = begin
+        self._given = conn
+        self._given_status = conn_status
+        #: A primary unit left its transaction open: the connection the session keeps.
+        self.kept: ServerConnection | None = None
+
+    @property
+    def status(self) -> int:
+        """The transaction status of the last ReadyForQuery."""
+        return self._status
 
     async def run(self) -> Outcome:
-        try:
-            self.conn = await self.pool.acquire()
-        except (ProxyError, OSError, TimeoutError) as exc:
-            self.error = f"connect: {exc}"
-            return Outcome.FALLBACK
+        if self._given is not None:
+            self.conn = self._given
+            self._status = self._given_status
+            if not self.conn.endpoint.is_open or self.conn.endpoint.has_buffered:
+                self.error = "the tenant connection of this transaction was lost"
+                self._abandon(self.conn)
+                self._give_back(self.conn)
+                return Outcome.FALLBACK
+        else:
+            try:
+                self.conn = await self.pool.acquire()
+            except (ProxyError, OSError, TimeoutError) as exc:
+                self.error = f"connect: {exc}"
+                return Outcome.FALLBACK
         conn = self.conn
         try:
             async with asyncio.timeout(self.timeout):
-                await self._prepare(conn)
-                await self._apply_settings(conn)
+                await self._setup(conn)
             return await self._execute(conn)
         except (ProxyError, OSError, ConnectionClosed, TimeoutError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
@@ -121,6 +156,15 @@ class TenantBatch:
                 self._give_back(self.conn)
 
     # --- steps ----------------------------------------------------------------
+    async def _setup(self, conn: ServerConnection) -> None:
+        if self._given_status != c.TX_FAILED:
+            await self._prepare(conn)
+        if self._given is None:
+            await self._apply_settings(conn)
+        if self.begin is not None:
+            conn.endpoint.write(self.begin)
+            await self._round_trip(conn, "BEGIN")
+
     async def _prepare(self, conn: ServerConnection) -> None:
         plan = self._preparation(conn)
         if not plan:
@@ -188,10 +232,12 @@ class TenantBatch:
         conn.endpoint.peer = self.client
         conn.endpoint.on_lost = self._tenant_lost
         conn.endpoint.start_relay(self._from_tenant)
+        if self.primary:
+            self.forwarded = True  # no fallback: the answer goes to the client as it comes
         conn.endpoint.write(self.unit.raw())
         try:
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(None if self.primary else self.timeout):
                     await asyncio.shield(self._done)
             except TimeoutError:
                 if not self.forwarded:
@@ -270,9 +316,12 @@ class TenantBatch:
         conn.broken = True
 
     def _give_back(self, conn: ServerConnection) -> None:
-        reusable = not conn.broken and self._status == c.TX_IDLE and self._scanner.at_boundary
-        self.pool.release(conn, reusable=reusable)
+        at_rest = not conn.broken and self._scanner.at_boundary
         self.conn = None
+        if self.primary and at_rest and self._status != c.TX_IDLE:
+            self.kept = conn  # its transaction is open: the session keeps it
+            return
+        self.pool.release(conn, reusable=at_rest and self._status == c.TX_IDLE)
 
 
 def _name_of_parse(body: bytes) -> str:

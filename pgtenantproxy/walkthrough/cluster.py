@@ -8,7 +8,9 @@ here first, so an interrupted start still leaves nothing behind).
 proxy's :class:`~pgtenantproxy.config.Config`: routing on with the
 ``percentage`` strategy at 0, write mirroring in the process (capture off until
 the walkthrough turns it on), metrics on a free port, admin API off (the
-walkthrough calls the admin actions directly).
+walkthrough calls the admin actions directly), the retirement archive inside
+the unified cluster's throwaway directory (nothing is written to the user's
+working directory).
 
 Secrets (both superuser passwords, the application's password, the tenant
 encryption key) exist only in this process: in memory, masked in reprs, and in
@@ -74,7 +76,9 @@ class Sandbox:
             "routing": {"strategy": "percentage", "percentage": 0},
             "dual_write": {"enabled": False, "run_worker": True},
             "migration": {"jobs": 4, "chunk_rows": 500 if fast else 2000,
-                          "throttle_rows_per_s": 0 if fast else 20000},
+                          "throttle_rows_per_s": 0 if fast else 20000,
+                          # the retirement archive stays inside the throwaway directory (removed at the end)
+                          "archive_dir": str(self.unified.basedir / "retirement-archive")},
             "metrics": {"enabled": True, "listen": "127.0.0.1:0", "retention": 100000},
             "admin": {"enabled": False},
             "logging": {"level": "warning"},

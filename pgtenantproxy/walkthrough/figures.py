@@ -6,8 +6,8 @@
   (single-shop reads of tenant tables) sent to the tenant databases vs kept on
   unified by the strategy, and fallbacks, from the dispatcher's counters
   (``app.runtime.dispatcher.stats``);
-* latency by source (unified reads, unified writes, tenant reads: P50/P95/P99)
-  and reads per shop and source, from the samples of the metrics recorder's
+* latency by source (unified reads and writes, tenant reads and writes:
+  P50/P95/P99) and reads and writes per shop and source, from the samples of the metrics recorder's
   performance monitor (``app.recorder.monitor``), taken since the last mark;
 * mirror lag and queue per shop (``mirror.status``) and each shop's phase
   (:func:`pgtenantproxy.migration.store.read_phases`).
@@ -40,7 +40,7 @@ from pgtenantproxy.walkthrough.workload import Counters, Workload
 
 #: Latency rows: (source, is a read) -> label.
 SOURCES = {("unified", True): "unified reads", ("unified", False): "unified writes",
-           ("tenant", True): "tenant reads"}
+           ("tenant", True): "tenant reads", ("tenant", False): "tenant writes"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Mark:
     tenant: int
     unified: int
     fallback: int
+    primary: int
 
 
 @dataclass
@@ -62,8 +63,11 @@ class Figures:
     tenant_reads: int
     unified_reads: int
     fallbacks: int
+    #: Queries of shops in tenant_primary, run on their own databases (reads and writes alike).
+    primary: int = 0
     latency: dict[str, GroupStats] = field(default_factory=dict)
     shop_reads: dict[int, Counter[str]] = field(default_factory=dict)
+    shop_writes: dict[int, Counter[str]] = field(default_factory=dict)
     phases: dict[int, str] = field(default_factory=dict)
     selected: dict[int, bool] = field(default_factory=dict)
     lag_ms: dict[int, float] = field(default_factory=dict)
@@ -75,12 +79,23 @@ class Figures:
         return self.tenant_reads / reads if reads else 0.0
 
 
+#: Reasons of the decisions that send a tenant_primary shop's queries (reads or writes) to its database.
+PRIMARY_REASONS = frozenset({"tenant_primary", "pinned_transaction"})
+
+
 def read_split(stats: RoutingStats) -> tuple[int, int, int]:
-    """(tenant, unified, fallback) counts of tenant-eligible reads so far."""
-    tenant = sum(n for (target, _), n in stats.decisions.items() if target == "tenant")
+    """(tenant, unified, fallback) counts of tenant-eligible reads so far (shops not cut over)."""
+    tenant = sum(n for (target, reason), n in stats.decisions.items()
+                 if target == "tenant" and reason not in PRIMARY_REASONS)
     unified = sum(n for (target, reason), n in stats.decisions.items()
                   if target == "unified" and reason.startswith("strategy:"))
     return tenant, unified, stats.outcomes[("unified", "fallback")]
+
+
+def primary_queries(stats: RoutingStats) -> int:
+    """Queries of shops in tenant_primary sent to their databases so far."""
+    return sum(n for (target, reason), n in stats.decisions.items()
+               if target == "tenant" and reason in PRIMARY_REASONS)
 
 
 class FigureTaker:
@@ -95,8 +110,9 @@ class FigureTaker:
 
     def _mark(self) -> Mark:
         c = self.workload.counters
-        tenant, unified, fallback = read_split(self.runtime.dispatcher.stats)
-        return Mark(time.monotonic(), c.queries, c.failed, tenant, unified, fallback)
+        stats = self.runtime.dispatcher.stats
+        tenant, unified, fallback = read_split(stats)
+        return Mark(time.monotonic(), c.queries, c.failed, tenant, unified, fallback, primary_queries(stats))
 
     def mark(self) -> None:
         self.last = self._mark()
@@ -112,7 +128,7 @@ class FigureTaker:
             failed=now.failed - before.failed,
             total=Counters(c.reads, c.writes, c.failed, list(c.errors)),
             tenant_reads=now.tenant - before.tenant, unified_reads=now.unified - before.unified,
-            fallbacks=now.fallback - before.fallback,
+            fallbacks=now.fallback - before.fallback, primary=now.primary - before.primary,
             selected={s: self.runtime.dispatcher.selects(s) for s in self.shops},
             lag_ms={s: status.lag_ms(s) for s in self.shops},
             queued={s: status.queue_size(s) for s in self.shops},
@@ -135,8 +151,9 @@ class FigureTaker:
             label = SOURCES.get((sample.source, read))
             if label is not None:
                 groups.setdefault(label, []).append(sample)
-            if read and sample.shop_id is not None:
-                figures.shop_reads.setdefault(sample.shop_id, Counter())[sample.source] += 1
+            if sample.shop_id is not None:
+                per_shop = figures.shop_reads if read else figures.shop_writes
+                per_shop.setdefault(sample.shop_id, Counter())[sample.source] += 1
         figures.latency = {label: GroupStats.of(groups[label], slow_s) for label in SOURCES.values()
                            if label in groups}
 
@@ -151,6 +168,10 @@ def render(console: Console, figures: Figures) -> None:
         f"routing split of the shop reads: {figures.unified_reads:,} unified, "
         f"{figures.tenant_reads:,} tenant ({figures.tenant_share:.0%} on tenant), "
         f"{figures.fallbacks} fallbacks")
+    unified_writes = sum(w["unified"] for w in figures.shop_writes.values())
+    tenant_writes = sum(w["tenant"] for w in figures.shop_writes.values())
+    console.print(f"shop writes: {unified_writes:,} on unified, {tenant_writes:,} on the tenant databases; "
+                  f"{figures.primary:,} queries of cut-over shops ran on their own databases")
     console.print(_latency_table(figures))
     console.print(_shop_table(figures))
 
@@ -168,14 +189,18 @@ def _latency_table(figures: Figures) -> Table:
 
 
 def _shop_table(figures: Figures) -> Table:
-    table = Table("shop", "phase", "strategy", "mirror lag", "queued", "reads unified", "reads tenant")
+    table = Table("shop")
+    table.add_column("phase", no_wrap=True)
+    for header in ("strategy", "mirror lag", "queued", "reads unified / tenant", "writes unified / tenant"):
+        table.add_column(header)
     for shop, phase in figures.phases.items():
         reads = figures.shop_reads.get(shop, Counter())
+        writes = figures.shop_writes.get(shop, Counter())
         lag = figures.lag_ms.get(shop, 0.0)
         table.add_row(
             str(shop), phase, "tenant" if figures.selected.get(shop) else "unified",
             "?" if lag == float("inf") else f"{lag:,.0f} ms", str(figures.queued.get(shop, 0)),
-            f"{reads['unified']:,}", f"{reads['tenant']:,}",
+            f"{reads['unified']:,} / {reads['tenant']:,}", f"{writes['unified']:,} / {writes['tenant']:,}",
         )
     return table
 

@@ -7,7 +7,8 @@ worker, then ``ProxyApp(config, mirror=...)``, which also runs the phase
 keeper), start the load (:mod:`.workload`), then run each step of
 :func:`.steps.walkthrough_steps`: heading, what it does, the action's outcome,
 a pause under load, the figures. The end: stop the load, wait for the mirror
-to drain, verify every shop, print the totals.
+to drain (forward, and reverse for the shops in ``tenant_primary``), verify
+every shop, print the totals.
 
 Exit status: 0 when every step succeeded, every shop verified identical and
 no query failed; 1 otherwise (saying what went wrong); 130 after Ctrl-C
@@ -30,7 +31,9 @@ from rich.rule import Rule
 from rich.table import Table
 
 from pgtenantproxy.app import ProxyApp, install_uvloop
+from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, wait_reverse_drained
 from pgtenantproxy.dualwrite.service import DualWriteService
+from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.migration.verify_report import VerificationReport
@@ -173,6 +176,7 @@ async def finish(walk: Walk) -> int:
     drained = await walk.mirror.wait_drained(timeout_s=DRAIN_TIMEOUT_S)
     console.print("mirror drained: nothing left in the outbox" if drained
                   else f"[red]the mirror did not drain within {DRAIN_TIMEOUT_S:.0f}s[/]")
+    drained = await _reverse_drained(walk) and drained
     try:
         report = await verify_shops(walk.tenancy, walk.shops, config=walk.config, actor=ACTOR)
     except MigrationError as exc:
@@ -185,13 +189,33 @@ async def finish(walk: Walk) -> int:
         console.print(f"[bold green]Every shop verified identical: {report.rows:,} rows. "
                       f"0 failed queries.[/]")
         return 0
-    problems = [] if drained else ["the mirror did not drain"]
+    problems = [] if drained else ["the mirror (forward or reverse) did not drain"]
     if not report.identical:
         problems.append("shops differ: " + ", ".join(str(s.shop_id) for s in report.shops if not s.identical))
     if failed:
         problems.append(f"{failed} failed queries")
     console.print("[bold red]Something went wrong:[/] " + escape("; ".join(problems)))
     return 1
+
+
+async def _reverse_drained(walk: Walk) -> bool:
+    """Wait for the reverse mirror of every shop in tenant_primary: unified must hold all they wrote."""
+    primary = [shop for shop, phase in (await walk.phases()).items() if phase == ph.TENANT_PRIMARY]
+    stuck = []
+    for shop in primary:
+        tenant = await connect_tenant_admin(walk.tenancy.registry, walk.tenancy.servers, shop)
+        try:
+            if not await wait_reverse_drained(tenant, shop, timeout_s=DRAIN_TIMEOUT_S):
+                stuck.append(shop)
+        finally:
+            await tenant.close()
+    if stuck:
+        walk.console.print(f"[red]the reverse mirror of shops {', '.join(map(str, stuck))} did not drain "
+                           f"within {DRAIN_TIMEOUT_S:.0f}s[/]")
+    elif primary:
+        walk.console.print(f"reverse mirror drained: unified holds every write of the {len(primary)} shops "
+                           "in tenant_primary")
+    return not stuck
 
 
 def _verification_table(report: VerificationReport) -> Table:

@@ -3,8 +3,9 @@
 Each :class:`Step` has a short name, a heading, a sentence on what it does,
 an action (``async (walk) -> outcome line``) and how long the load runs
 before its figures are taken. :func:`walkthrough_steps` returns the list;
-later phases (write cutover, rollback, retirement) are added by appending
-steps to it. Actions use the same entry points as the CLI and the admin API:
+the write cutover, the rollback of one shop, retirement and restore follow
+the reads (their actions live in :mod:`.lifecycle`). Actions use the same
+entry points as the CLI and the admin API:
 ``TenancyService.provision_many``, ``DualWriteService.enable``,
 :func:`~pgtenantproxy.migration.backfill.backfill_shops`,
 :func:`~pgtenantproxy.migration.verify.verify_shops` and the admin action
@@ -28,6 +29,7 @@ from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.walkthrough.context import ACTOR, StepFailed, Walk
 from pgtenantproxy.walkthrough.figures import BackfillLines
+from pgtenantproxy.walkthrough.lifecycle import cutover, restore, retire, rollback_one
 
 Action = Callable[[Walk], Awaitable[str]]
 PHASE_TIMEOUT_S = 15.0
@@ -139,4 +141,21 @@ def walkthrough_steps() -> list[Step]:
              "Percentage 100: every shop's reads go to its tenant database while its mirror keeps up. "
              "A read right after the same session's write stays on unified until the mirror has applied "
              "that write (read-your-writes).", reads_at(100), pause_s=6.0),
+        Step("cutover", "Cutover: every shop's writes move to its own database",
+             "Per shop, one at a time: hold its new write transactions in every proxy, let its open ones "
+             "finish, drain its mirror, verify, set its sequences, flip it to tenant_primary, release. Other "
+             "shops never pause. From then on its database is the source of truth and reverse mirroring "
+             "keeps unified current, for a rollback.", cutover, pause_s=4.0),
+        Step("rollback", "Rollback: one shop's writes come back to unified",
+             "The reverse fence: hold the shop's writes, drain its reverse mirror, flip it back to "
+             "reads_on_tenant, release. Its writes go to unified again and are mirrored forward; its reads "
+             "stay on its database.", rollback_one, pause_s=3.0),
+        Step("retire", "Retirement: the legacy rows of a shop leave unified",
+             "A dry run of every shop in tenant_primary (gate: reverse mirror drained, verification "
+             "identical; nothing changes), then one shop is retired: its rows are archived per table with "
+             "checksums, then deleted from unified in one transaction.", retire, pause_s=2.0),
+        Step("restore", "Restore: the retired shop's rows come back from the archive",
+             "The archive is checked, loaded into unified in one transaction, what the shop wrote since is "
+             "synced, and the shop is verified against its database before it returns to tenant_primary.",
+             restore, pause_s=2.0),
     ]

@@ -4,6 +4,10 @@ A few concurrent asyncpg clients connect through the proxy as the application
 role. *Readers* only read (recent repairs, open repairs, customer counts:
 ``... WHERE shop_id = $1``, the shape tenant routing recognises); *writers*
 insert and update repairs and customers (and read now and then). Every
+statement names its shop on every tenant table it touches (``shop_id = $1``
+on the updated table too, not only in a subquery), so the proxy can tell,
+after a shop's write cutover, that the statement belongs on that shop's
+database; there are no explicit transactions (autocommit). Every
 client visits every shop in turn, with a short pause between queries so the
 load stays steady instead of saturating the machine.
 
@@ -11,6 +15,8 @@ Every query counts: :class:`Counters` holds reads, writes and failures, and
 the first few distinct failure messages (error texts from the server or the
 driver; they never contain credentials). A client whose connection breaks
 reconnects and carries on, so a failure is counted, never hidden.
+:meth:`Workload.leave` takes a shop out of the rotation for a while (the
+walkthrough's retirement step), :meth:`Workload.resume` puts it back.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ async def new_repair(conn: asyncpg.Connection, shop: int, rnd: random.Random) ->
 async def advance_repair(conn: asyncpg.Connection, shop: int, rnd: random.Random) -> Any:
     return await conn.execute(
         "UPDATE repairs SET status = $2, notes = notes || jsonb_build_object('step', $3::int)"
-        " WHERE id = (SELECT max(id) FROM repairs WHERE shop_id = $1)",
+        " WHERE shop_id = $1 AND id = (SELECT max(id) FROM repairs WHERE shop_id = $1)",
         shop, rnd.choice(("diagnosed", "repaired", "returned")), rnd.randint(1, 9))
 
 
@@ -69,7 +75,8 @@ async def new_customer(conn: asyncpg.Connection, shop: int, rnd: random.Random) 
 
 async def update_customer(conn: asyncpg.Connection, shop: int, rnd: random.Random) -> Any:
     return await conn.execute(
-        "UPDATE customers SET phone = $2 WHERE id = (SELECT min(id) FROM customers WHERE shop_id = $1)",
+        "UPDATE customers SET phone = $2"
+        " WHERE shop_id = $1 AND id = (SELECT min(id) FROM customers WHERE shop_id = $1)",
         shop, f"+49 30 {rnd.randint(200000, 999999)}")
 
 
@@ -111,6 +118,8 @@ class Workload:
         self.writers = writers
         self.pause_s = pause_s
         self.counters = Counters()
+        #: Shops the clients leave alone for now (see :meth:`leave`).
+        self.left: set[int] = set()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -122,6 +131,13 @@ class Workload:
         for n, conn in enumerate(conns):
             writer = n >= self.readers
             self._tasks.append(loop.create_task(self._client(conn, n, writer), name=f"workload-{n}"))
+
+    def leave(self, shop: int) -> None:
+        """Stop querying ``shop`` (the other shops go on) until :meth:`resume`."""
+        self.left.add(shop)
+
+    def resume(self, shop: int) -> None:
+        self.left.discard(shop)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -138,9 +154,13 @@ class Workload:
                     conn = await self._reconnect()
                     if conn is None:
                         continue
+                shop = next(shops)
+                if shop in self.left:
+                    await asyncio.sleep(self.pause_s)
+                    continue
                 query, is_write = self._pick(rnd, writer)
                 try:
-                    await query(conn, next(shops), rnd)
+                    await query(conn, shop, rnd)
                 except _FAILURES as exc:
                     self.counters.failure(exc)
                 else:

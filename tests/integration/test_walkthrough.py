@@ -2,8 +2,10 @@
 
 The walkthrough starts its own two clusters, so these tests share nothing with
 the rest of the suite. They check what the walkthrough promises: every step's
-heading, reads really moving to the tenant databases, the final verification
-identical with 0 failed queries, no secret in the output, the clusters removed
+heading, reads really moving to the tenant databases, every shop's writes
+moving to its database at the cutover (one shop's coming back at the
+rollback), a shop retired and restored, the final verification identical
+with 0 failed queries (forward and reverse mirror drained), no secret in the output, the clusters removed
 at the end, and Ctrl-C stopping it cleanly (exit 130, clusters removed).
 """
 
@@ -68,9 +70,17 @@ def test_walkthrough_walks_every_phase_and_ends_with_every_shop_identical() -> N
     assert positions == sorted(positions)
     assert out.count("done: ") == len(steps)
     assert "shops: 4 mirroring" in out  # the backfill moved every shop on to mirroring
+    cutover = out[out.index(f"Step 9/{len(steps)}"):out.index(f"Step 10/{len(steps)}")]
+    assert "done: 4 shops cut over" in cutover and "write pause P50" in cutover
+    written = re.search(r"shop writes: ([\d,]+) on unified, ([\d,]+) on the tenant databases", cutover)
+    assert written is not None and written.group(1) == "0" and int(written.group(2)) > 0, cutover
+    assert "done: shop 1 is back in phase reads_on_tenant" in out
+    assert re.search(r"done: shop 4 retired: [\d,]+ rows archived", out), out
+    assert "done: shop 4 restored from" in out and "verification identical" in out
     end = out[out.index("The end:"):]
-    assert "mirror drained" in end
-    assert len(re.findall(r"│ reads_on_tenant │ 3 +│ [\d,]+ +│ [\d,]+ +│ identical │", end)) == 4, end
+    assert "mirror drained" in end and "reverse mirror drained" in end
+    assert len(re.findall(r"│ reads_on_tenant │ 3 +│ [\d,]+ +│ [\d,]+ +│ identical │", end)) == 1, end
+    assert len(re.findall(r"│ tenant_primary +│ 3 +│ [\d,]+ +│ [\d,]+ +│ identical │", end)) == 3, end
     assert "Every shop verified identical" in end and "0 failed queries." in end
     totals = re.search(r"totals: [\d,]+ queries .*?, (\d+) failed; shop reads: ([\d,]+) on unified, "
                        r"([\d,]+) on tenant", end, re.DOTALL)

@@ -4,8 +4,9 @@ The bed (:mod:`tests.integration.dualwrite.bed`: a unified cluster, one tenant
 server, shops 1-20 provisioned, pgbench-style tables tagged with ``shop_id``)
 is created once for this package. :func:`fresh_start` resets it for a test
 module: the seed rows in unified only, the tenant databases empty, capture on,
-nothing queued, every shop back in phase ``provisioned`` with no backfill
-checkpoint.
+nothing queued, no write fence, no reverse capture, no strategy set through the
+API, an empty audit log, every shop back in phase ``provisioned`` with no
+backfill checkpoint, conflict or archive record.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from pgtenantproxy.dualwrite.capture import disable_capture
 from pgtenantproxy.dualwrite.service import DualWriteService
 from pgtenantproxy.migration.phases import PROVISIONED
 from pgtenantproxy.migration.store import force_phase
@@ -31,17 +33,33 @@ async def fresh_start(bed: MirrorBed) -> None:
             await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
             await conn.execute(
                 "TRUNCATE pgtenantproxy.outbox, pgtenantproxy.dead_letters, pgtenantproxy.mirror_state,"
-                " pgtenantproxy.backfill_progress"
+                " pgtenantproxy.backfill_progress, pgtenantproxy.write_fences,"
+                " pgtenantproxy.cutover_conflicts, pgtenantproxy.retirement_archives,"
+                " pgtenantproxy.read_overrides, pgtenantproxy.routing_state, pgtenantproxy.migration_log"
             )
+            await conn.execute("UPDATE pgtenantproxy.shop_phases SET fence = NULL, fence_until = NULL")
             for shop in SHOPS:
                 await force_phase(conn, shop, PROVISIONED, reason="test bed reset")
         finally:
             await conn.close()
-        await asyncio.gather(*(bed._truncate_tenant(s) for s in SHOPS))
+        await asyncio.gather(*(_empty_tenant(bed, s) for s in SHOPS))
         await bed.psql_file(HERE / "seed.sql")
         await svc.enable()
     finally:
         await svc.close()
+
+
+async def _empty_tenant(bed: MirrorBed, shop: int) -> None:
+    """The shop's tenant database without rows, reverse capture, fence or queued entries."""
+    conn = await bed.shop_admin(shop)
+    try:
+        if await conn.fetchval("SELECT to_regclass('pgtenantproxy.capture_tables') IS NOT NULL"):
+            await disable_capture(conn)
+            await conn.execute("TRUNCATE pgtenantproxy.outbox, pgtenantproxy.dead_letters,"
+                               " pgtenantproxy.mirror_state, pgtenantproxy.write_fences")
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="package")

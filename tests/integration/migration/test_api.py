@@ -117,3 +117,29 @@ def test_status_shows_phases_and_backfill_progress(app: AppThread) -> None:
     assert int(done) == int(total) > 0 and tables.startswith("6/6")
     assert shops[3]["backfill"] is None
     assert report["summary"]["phases"]["provisioned"] >= 18
+
+
+def test_cutover_rollback_and_retirement_through_the_api(app: AppThread) -> None:
+    code, _ = call(app, "POST", "/activate-reads", {"shop_ids": [1, 2]})
+    assert code == 200
+    assert wait_until(lambda: phases(app)[1] == phases(app)[2] == "reads_on_tenant", timeout=20), phases(app)
+    code, ready = call(app, "GET", "/cutover-check?shop=1&shop=2")
+    assert code == 200 and [s["ready"] for s in ready["shops"]] == [True, True], ready
+    code, job = call(app, "POST", "/cutover", {"shop_id": 1, "wait": True})
+    assert code == 200 and job["state"] == "done", job
+    (shop,) = job["result"]["shops"]
+    assert shop["status"] == "done" and shop["pause_ms"] > 0, shop
+    assert job["result"]["pause_ms"]["p99"] == shop["pause_ms"]
+    assert wait_until(lambda: phases(app)[1] == "tenant_primary", timeout=5)
+    code, dry = call(app, "POST", "/retire-legacy", {"shop_ids": [1, 2], "dry_run": True, "wait": True})
+    assert code == 200 and dry["result"]["dry_run"], dry
+    outcome = {s["shop_id"]: s for s in dry["result"]["shops"]}
+    assert outcome[1]["total_rows"] > 0 and outcome[1]["phase"] == "tenant_primary", outcome
+    assert outcome[2]["status"] != outcome[1]["status"] and outcome[2]["reasons"], outcome
+    code, job = call(app, "POST", "/rollback", {"shop_id": 1, "wait": True})
+    assert code == 200 and job["result"]["shops"][0]["phase"] == "reads_on_tenant", job
+    assert phases(app)[1] == "reads_on_tenant"
+    code, bad = call(app, "POST", "/cutover", {"percentage": 101})
+    assert code == 400 and "between 0 and 100" in bad["error"]
+    code, bad = call(app, "GET", "/cutover-check")
+    assert code == 400

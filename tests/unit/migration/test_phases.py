@@ -80,7 +80,7 @@ def test_entering_a_side_state_remembers_the_phase_it_interrupted() -> None:
 
 def test_only_mirrored_phases_route_reads() -> None:
     routable = {p for p in ph.PHASES if at(p).routable}
-    assert routable == {ph.MIRRORING, ph.READS_ON_TENANT, ph.TENANT_PRIMARY}
+    assert routable == {ph.MIRRORING, ph.READS_ON_TENANT, ph.TENANT_PRIMARY, ph.RETIRED}
     assert at(ph.DEGRADED, ph.MIRRORING).effective == ph.MIRRORING
 
 

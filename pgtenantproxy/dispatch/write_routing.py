@@ -1,0 +1,179 @@
+"""Where a unit goes once some shop is ``tenant_primary`` (or held by a cutover).
+
+:func:`write_decision` is asked by the dispatcher for every unit while a shop
+is ``tenant_primary`` or held (:class:`Lanes`, derived once per catalog
+snapshot); with no such shop it is never called, so the normal path stays as
+it was. It answers a :class:`Decision`, or None for "decide as usual":
+
+* **pinned** (the session's transaction is open on shop N's tenant
+  connection): a unit that touches only N's tenant tables, or nothing at all,
+  runs there; anything else is refused with 0A000 (run as an error on that
+  connection, so the tenant transaction fails like any error).
+* **lazy BEGIN** (also while shops are only candidates for a cutover, so a
+  transaction that starts just before a cutover's hold is held, not begun on
+  unified): a simple Query that is only BEGIN / START TRANSACTION with
+  the session idle is answered by the proxy (``begin``); the next unit is
+  decided with that BEGIN prepended, and a COMMIT/ROLLBACK right after it is
+  answered locally too (``local``).
+* **hold**: a unit of a held shop that writes, locks or controls a
+  transaction, or that would start a deferred transaction, waits (``hold``)
+  while the hold lasts, at most ``hold_s``.
+* **tenant_primary**: a unit that touches only shop N's tenant tables (reads
+  too, whatever the read strategy says) runs on N's database, and may open a
+  transaction there (``primary``: never falls back to unified).
+* **refusal**: a unit that would write a ``tenant_primary`` shop's rows on
+  unified (with global tables or other shops, or inside a transaction that
+  began on unified) is refused with 0A000 instead: it could not be atomic.
+
+Everything else (global tables, nothing shop-specific, unknown shops) goes to
+unified as usual; there the unified database's own write fence (55000) is
+the last line for writes the proxy cannot attribute.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence, Set
+from dataclasses import dataclass
+
+from pgtenantproxy.dispatch.catalog import CatalogSnapshot
+from pgtenantproxy.migration.phases import MIRRORED, OWN_DATABASE
+from pgtenantproxy.protocol import constants as c
+from pgtenantproxy.protocol.batch import Unit
+from pgtenantproxy.protocol.local_answers import answerable
+from pgtenantproxy.routing import BatchItem, RoutedUnit
+from pgtenantproxy.routing.model import StatementAnalysis
+from pgtenantproxy.routing.primary import Touch
+from pgtenantproxy.server.routed_relay import Decision, SessionFacts
+
+NOT_ATOMIC = "0A000"
+_START = re.compile(r"\s*start\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """Shops whose units need more than the read rule, from one catalog snapshot."""
+
+    version: int
+    primary: frozenset[int]
+    holding: frozenset[int]
+    #: Shops the readiness recorder watches (candidates for cutover).
+    watched: frozenset[int]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.primary or self.holding or self.watched)
+
+    @property
+    def steering(self) -> bool:
+        return bool(self.primary or self.holding)
+
+
+def lanes_of(snapshot: CatalogSnapshot) -> Lanes:
+    phases = snapshot.phases.values()
+    return Lanes(
+        snapshot.version,
+        frozenset(p.shop_id for p in phases if p.effective in OWN_DATABASE),
+        snapshot.holding,
+        frozenset(p.shop_id for p in phases if p.effective in MIRRORED),
+    )
+
+
+@dataclass(frozen=True)
+class UnitView:
+    """One unit as :func:`write_decision` sees it."""
+
+    unit: Unit
+    routed: RoutedUnit
+    items: Sequence[BatchItem]
+    touch: Touch
+    label: tuple[str, str]  # (statement kind, table) for metrics
+
+
+def write_decision(
+    view: UnitView,
+    facts: SessionFacts,
+    lanes: Lanes,
+    tenant_tables: Set[str],
+    *,
+    held: Callable[[int], Callable[[], bool]],
+    hold_s: float,
+) -> Decision | None:
+    touch, (kind, table) = view.touch, view.label
+    pinned = facts.pinned_shop
+    if pinned is not None:
+        if touch.only(pinned):
+            return Decision("tenant", pinned, "pinned_transaction", kind=kind, table=table, primary=True)
+        return _refuse(pinned, _pinned_message(pinned, touch), kind, table)
+    if facts.tx_status == c.TX_IDLE:
+        local = _local_answer(view, facts, lanes)
+        if local is not None:
+            return local
+        shop = touch.single
+        if shop is not None and shop in lanes.holding and not touch.quiet:
+            return Decision("hold", shop, "held", kind=kind, table=table, held=held(shop), hold_s=hold_s)
+        if shop is not None and shop in lanes.primary:
+            return Decision("tenant", shop, "tenant_primary", kind=kind, table=table, primary=True)
+    if lanes.primary:
+        written = view.routed.writes(view.items, tenant_tables).shops & lanes.primary
+        if written:
+            shop = min(written)
+            return _refuse(shop, _unified_message(shop, facts), kind, table)
+    return None
+
+
+def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision | None:
+    """Lazy BEGIN, and COMMIT/ROLLBACK right after it: answered by the proxy."""
+    statements = view.routed.statements
+    if facts.deferred_begin is None:
+        # Also while shops are only cutover candidates (mirrored phases): a transaction that starts just
+        # before a cutover's hold is then held at its first statement instead of begun on unified.
+        if not lanes.active or len(statements) != 1 or _op(statements[0]) != "begin":
+            return None
+        if not _one_statement_unit(view):
+            return None
+        sql = view.items[0].sql
+        tag = "START TRANSACTION" if _START.match(sql) else "BEGIN"
+        return Decision("begin", reason="deferred_begin", tag=tag, begin_sql=sql)
+    if len(statements) == 2 and _op(statements[1]) in ("commit", "rollback") and _one_statement_unit(view):
+        tx = statements[1].tx
+        assert tx is not None
+        if not tx.chain:
+            return Decision("local", reason="deferred_end", tag="COMMIT" if tx.op == "commit" else "ROLLBACK")
+    return None
+
+
+def _one_statement_unit(view: UnitView) -> bool:
+    """A simple Query, or an extended unit the proxy can answer message for message."""
+    return view.unit.kind == "query" or (view.unit.kind == "extended" and answerable(view.unit))
+
+
+def _op(stmt: StatementAnalysis) -> str | None:
+    return stmt.tx.op if stmt.kind == "transaction" and stmt.tx is not None else None
+
+
+def _refuse(shop: int, message: str, kind: str, table: str) -> Decision:
+    hint = ("Run statements on global tables, and on other shops, in transactions of their own; "
+            "see docs/routing.md, \"Writes after cutover\".")
+    return Decision("refuse", shop, "refused", kind=kind, table=table, error=(NOT_ATOMIC, message, hint))
+
+
+def _pinned_message(shop: int, touch: Touch) -> str:
+    if touch.global_tables:
+        what = "touches global tables"
+    elif len(touch.shops - {shop}) > 0:
+        what = "touches another shop"
+    elif touch.unknown:
+        what = "touches tenant tables without naming shop " + str(shop)
+    else:
+        what = "cannot run on a shop's own database (SET, DDL, COPY, a function outside the allow-list...)"
+    return (f"pgtenantproxy: this transaction runs on the database of shop {shop} (cut over), "
+            f"and this statement {what}")
+
+
+def _unified_message(shop: int, facts: SessionFacts) -> str:
+    where = ("inside a transaction that began on the unified database" if facts.tx_status != c.TX_IDLE
+             else "together with global tables or other shops")
+    return (f"pgtenantproxy: shop {shop} writes on its own database since its cutover; this statement "
+            f"writes its rows {where}, which cannot be atomic")
+

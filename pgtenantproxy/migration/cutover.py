@@ -1,0 +1,161 @@
+"""Write cutover: a shop's writes move to its own database, behind a short per-shop fence.
+
+``pgtenantproxy cutover --shop N | --percentage P [--force]`` (and the admin
+API). Per shop, in ``reads_on_tenant``:
+
+* **refused** (nothing touched) when the readiness report (:mod:`.readiness`)
+  lists transactions that would lose their atomicity and ``--force`` is not
+  given, when its mirror is degraded, or when a switch of the shop is running;
+* reverse capture is installed on its tenant database (idempotent; it records
+  nothing until the flip, since only the mirror writes there until then);
+* then the fenced switch of :mod:`.switch` (source unified, target the tenant;
+  the prepare step reserves a block of ids per shared sequence,
+  :mod:`.id_blocks`), ending in ``tenant_primary``, or aborted with nothing
+  changed. From the flip on, the proxies send the shop's reads and writes to
+  its database, reverse mirroring keeps unified current (for rollback), and
+  unified's write fence refuses what would still write the shop there.
+
+Shops are cut over one at a time: each holds only its own writes, other shops
+never pause. ``--percentage P`` takes the shops in ``reads_on_tenant`` whose
+stable bucket (the read strategy's :func:`~pgtenantproxy.routing.strategy.percentage_bucket`)
+is below ``P``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from pgtenantproxy.config import Config
+from pgtenantproxy.dualwrite.capture import installed_tables
+from pgtenantproxy.dualwrite.catalog import read_tables
+from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, install_reverse_capture
+from pgtenantproxy.dualwrite.sqlgen import TableInfo, dependency_order
+from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.migration.cutover_report import ALREADY, FAILED, REFUSED, FenceReport, FenceResult
+from pgtenantproxy.migration.drain import mirror_health, wait_drained
+from pgtenantproxy.migration.errors import IllegalTransition
+from pgtenantproxy.migration.id_blocks import reserve_id_blocks
+from pgtenantproxy.migration.readiness import readiness
+from pgtenantproxy.migration.store import read_phase, read_phases
+from pgtenantproxy.migration.switch import SwitchPlan, run_switch
+from pgtenantproxy.routing.strategy import percentage_bucket
+from pgtenantproxy.tenancy.control_schema import audit
+from pgtenantproxy.tenancy.errors import describe
+from pgtenantproxy.tenancy.servers import unified_connect_kwargs
+from pgtenantproxy.tenancy.service import TenancyService
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CutoverContext:
+    tenancy: TenancyService
+    config: Config
+    force: bool = False
+    actor: str | None = None
+
+
+async def cutover_shops(
+    tenancy: TenancyService, shops: Sequence[int] | None, *, percentage: int | None = None,
+    config: Config | None = None, force: bool = False, actor: str | None = None,
+) -> FenceReport:
+    """Cut over ``shops`` (or, with ``percentage``, the shops in ``reads_on_tenant`` below it), one by one."""
+    ctx = CutoverContext(tenancy, config or tenancy.config, force, actor)
+    chosen = list(shops) if shops is not None else await shops_below(tenancy.pool, percentage or 0)
+    report = FenceReport("cutover")
+    for shop in dict.fromkeys(chosen):
+        try:
+            result = await cutover_shop(ctx, shop)
+        except Exception as exc:  # outside the fence or after the flip: reported, the others go on
+            logger.exception("shop %s: cutover failed", shop)
+            result = FenceResult(shop, FAILED, detail=describe(exc))
+        await audit(tenancy.pool, shop_id=shop, action="cutover", status=result.status,
+                    detail=result.detail or _pause(result), actor=actor)
+        report.shops.append(result)
+    return report
+
+
+async def shops_below(db: asyncpg.Pool | asyncpg.Connection, percentage: int) -> list[int]:
+    """Shops in ``reads_on_tenant`` whose percentage bucket is below ``percentage``."""
+    return [shop for shop, r in (await read_phases(db)).items()
+            if r.phase == ph.READS_ON_TENANT and percentage_bucket(shop) < percentage]
+
+
+async def cutover_shop(ctx: CutoverContext, shop: int) -> FenceResult:
+    async with ctx.tenancy.pool.acquire() as control:
+        record = await read_phase(control, shop)
+        refusal = await _refusal(control, record, ctx.force)
+        if refusal is not None:
+            return refusal
+        tables = await _tables(control)
+        captured = await installed_tables(control)
+        unified = await asyncpg.connect(**unified_connect_kwargs(ctx.config))
+        try:
+            tenant = await connect_tenant_admin(ctx.tenancy.registry, ctx.tenancy.servers, shop)
+            try:
+                await install_reverse_capture(tenant, captured)
+                plan = _plan(ctx, record, unified, tenant, tables)
+                section = ctx.config.migration
+                return await run_switch(control, plan, fence_timeout_s=section.fence_timeout_ms / 1000,
+                                        ack_timeout_s=section.ack_timeout_ms / 1000, actor=ctx.actor)
+            finally:
+                await tenant.close()
+        finally:
+            await unified.close()
+
+
+def _plan(ctx: CutoverContext, record: ph.ShopPhase, unified: asyncpg.Connection,
+          tenant: asyncpg.Connection, tables: list[TableInfo]) -> SwitchPlan:
+    shop = record.shop_id
+
+    async def drained(timeout_s: float) -> bool:
+        if not await wait_drained(unified, shop, timeout_s=timeout_s):
+            return False
+        return not (await mirror_health(unified, shop)).degraded
+
+    async def prepare() -> dict[str, Any]:
+        blocks = await reserve_id_blocks(unified, tenant, tables, ctx.config.migration.id_block)
+        return {"id_blocks": [b.as_dict() for b in blocks]}
+
+    return SwitchPlan(shop, record, ph.TENANT_PRIMARY, unified, tenant, source_is_unified=True,
+                      drain=drained, tables=tables, prepare=prepare, action="cutover")
+
+
+async def _refusal(control: asyncpg.Connection, record: ph.ShopPhase, force: bool) -> FenceResult | None:
+    shop = record.shop_id
+    if record.phase == ph.TENANT_PRIMARY:
+        return FenceResult(shop, ALREADY, record.phase, detail="its writes are on its database already")
+    try:
+        ph.check(record, ph.TENANT_PRIMARY)
+    except IllegalTransition as exc:
+        return FenceResult(shop, REFUSED, record.phase, detail=str(exc))
+    if record.holding:
+        return FenceResult(shop, REFUSED, record.phase, detail=f"a switch of shop {shop} is running")
+    health = await mirror_health(control, shop)
+    if health.degraded or health.dead_letters:
+        return FenceResult(shop, REFUSED, record.phase,
+                           detail=f"shop {shop}'s mirror is degraded ({health.reason or 'dead letters'}): "
+                                  "replay its dead letters first")
+    ready = (await readiness(control, [shop]))[shop]
+    if ready.ready or force:
+        return None
+    seen = sum(c.count for c in ready.conflicts)
+    return FenceResult(shop, REFUSED, record.phase, extra={"readiness": ready.as_dict()},
+                       detail=f"{len(ready.conflicts)} kinds of transaction ({seen} seen) touch the shop and "
+                              "global tables or other shops; see cutover --check, or --force (they then get "
+                              "an error)")
+
+
+async def _tables(control: asyncpg.Connection) -> list[TableInfo]:
+    tables = await read_tables(control)
+    active = {str(t.name) for t in await installed_tables(control)}
+    return [tables[label] for label in dependency_order(tables) if label in active]
+
+
+def _pause(result: FenceResult) -> str | None:
+    return None if result.pause_s is None else f"writes held {result.pause_s * 1000:.0f} ms"

@@ -1,0 +1,129 @@
+"""Cutover readiness: transactions that could not stay atomic after a shop's cutover (pure).
+
+After shop N's write cutover its rows live on N's database while global tables
+and other shops stay elsewhere, so a transaction that *writes* and touches
+(several shops) or (a shop and a global table) could no longer commit
+atomically: the proxy refuses it then. Before cutover the proxy watches for
+such transactions and counts them per shop, so ``cutover --check`` can list
+them.
+
+* :class:`TxTrace` accumulates one session's current transaction (an
+  autocommit unit, or BEGIN..COMMIT), unit by unit, and says at its end which
+  ``(shop, kind)`` pairs it conflicts on: ``cross_shop`` (it touched several
+  shops) and/or ``global`` (a shop and a global table). Read-only
+  transactions never conflict.
+* :class:`ConflictTally` counts them per ``(shop, kind, fingerprint)`` with one
+  sample (constants stripped) until the flusher takes the counts; it is
+  bounded (:data:`MAX_KEYS`), new keys beyond that are dropped and counted.
+
+A transaction's fingerprint is the distinct pglast fingerprints of its SQL
+texts in order of first appearance (at most :data:`MAX_TEXTS`), so a loop
+repeating a statement does not make a new fingerprint per iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pglast import parser as pg
+
+from pgtenantproxy.routing.primary import Touch
+
+MAX_TEXTS = 16
+MAX_SAMPLE = 1000
+MAX_KEYS = 10000
+GLOBAL = "global"
+CROSS_SHOP = "cross_shop"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitNote:
+    """One unit as the recorder needs it: what it touched, and its SQL."""
+
+    touch: Touch
+    fingerprints: tuple[str, ...]
+    texts: tuple[str, ...]
+
+
+@dataclass
+class TxTrace:
+    shops: set[int] = field(default_factory=set)
+    global_tables: bool = False
+    writes: bool = False
+    fingerprints: dict[str, str] = field(default_factory=dict)  # fingerprint -> one text
+
+    def add(self, note: UnitNote) -> None:
+        t = note.touch
+        self.shops.update(t.shops)
+        self.global_tables = self.global_tables or t.global_tables
+        self.writes = self.writes or t.writes
+        for fp, text in zip(note.fingerprints, note.texts, strict=False):
+            if len(self.fingerprints) < MAX_TEXTS:
+                self.fingerprints.setdefault(fp, text)
+
+    @property
+    def empty(self) -> bool:
+        return not self.shops and not self.fingerprints
+
+    def conflicts(self, watched: Callable[[int], bool]) -> list[tuple[int, str]]:
+        """``(shop, kind)`` for each watched shop this (ended) transaction conflicts on."""
+        if not self.writes or not self.shops:
+            return []
+        kinds = ([CROSS_SHOP] if len(self.shops) > 1 else []) + ([GLOBAL] if self.global_tables else [])
+        return [(shop, kind) for shop in sorted(self.shops) if watched(shop) for kind in kinds]
+
+    @property
+    def fingerprint(self) -> str:
+        return " ".join(self.fingerprints)
+
+    def sample(self) -> str:
+        return _bounded("; ".join(_normalize(t) for t in self.fingerprints.values()))
+
+
+def _normalize(sql: str) -> str:
+    try:
+        return str(pg.normalize(sql)).strip().rstrip(";")
+    except Exception:
+        return "?"
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_SAMPLE else text[: MAX_SAMPLE - 1] + "…"
+
+
+@dataclass(slots=True)
+class _Entry:
+    count: int
+    sample: str
+
+
+Row = tuple[int, str, str, str, int]  # shop, kind, fingerprint, sample, count
+
+
+@dataclass
+class ConflictTally:
+    counts: dict[tuple[int, str, str], _Entry] = field(default_factory=dict)
+    dropped: int = 0
+
+    def add(self, trace: TxTrace, pairs: Iterable[tuple[int, str]]) -> None:
+        fingerprint = trace.fingerprint or "?"
+        for shop, kind in pairs:
+            key = (shop, kind, fingerprint)
+            entry = self.counts.get(key)
+            if entry is not None:
+                entry.count += 1
+            elif len(self.counts) < MAX_KEYS:
+                self.counts[key] = _Entry(1, trace.sample())
+            else:
+                self.dropped += 1
+
+    def take(self) -> list[Row]:
+        """``(shop, kind, fingerprint, sample, count)`` rows counted so far; the tally starts again."""
+        counts, self.counts = self.counts, {}
+        return [(shop, kind, fp, e.sample, e.count) for (shop, kind, fp), e in counts.items()]
+
+    def give_back(self, rows: Iterable[Row]) -> None:
+        """A flush failed: put its rows back so they are counted next time."""
+        for shop, kind, fp, sample, count in rows:
+            self.counts.setdefault((shop, kind, fp), _Entry(0, sample)).count += count
