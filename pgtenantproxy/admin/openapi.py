@@ -81,6 +81,8 @@ def _schemas() -> dict[str, Any]:
                 "phase": _ref("PhaseName"), "phase_reason": {"type": ["string", "null"]},
                 "backfill": {"type": ["string", "null"],
                              "description": "copied/total rows, done/tables tables"},
+                "writes_held": {"type": "boolean",
+                                "description": "a cutover or rollback holds the shop's writes right now"},
             },
         },
         "PhaseName": {"enum": ["unified", "provisioned", "backfilling", "backfilled", "mirroring",

@@ -55,6 +55,8 @@ class ShopStatus:
     phase_reason: str | None = None
     #: While (or after) a backfill: "copied/total rows, done/tables tables".
     backfill: str | None = None
+    #: A cutover or rollback holds the shop's writes right now.
+    writes_held: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ async def gather_status(conn: asyncpg.Connection, config: Config) -> StatusRepor
             shop, row["server"] if row else None, row["state"] if row else "unprovisioned",
             "tenant" if verdict.tenant else "unified", verdict.reason, override,
             queue, round(lag, 3), dead.get(shop, 0), shop in degraded,
-            record.phase, record.reason, backfills.get(shop),
+            record.phase, record.reason, backfills.get(shop), record.holding,
         ))
     return StatusReport(effective(config, state), capture, shops)
 

@@ -68,6 +68,8 @@ def _print(report: StatusReport, console: Console) -> None:
                   "backfill")
     for shop in report.shops:
         phase = shop.phase if shop.phase not in ("degraded", "failed") else f"[red]{shop.phase}[/red]"
+        if shop.writes_held:
+            phase += " [yellow](writes held)[/yellow]"
         table.add_row(
             str(shop.shop_id), shop.server or "", phase,
             "[green]tenant[/green]" if shop.reads == "tenant" else "unified", shop.reason,

@@ -160,6 +160,10 @@ class MovedTransactions(UnifiedSide):
         if kept is not None and self._disposed:
             batch.pool.release(kept, reusable=False)
             kept = None
+        if kept is None and batch.status != c.TX_IDLE and not self._disposed:
+            logger.warning("shop %s: the connection of an open transaction could not be kept (broken=%s); "
+                           "the transaction is lost and the client is told so", shop_id, batch.error)
+            self._lost_tx_shop = shop_id
         self.pinned = kept
         self._pinned_pool = batch.pool
         self._pinned_status = batch.status if kept is not None else c.TX_IDLE

@@ -57,6 +57,9 @@ class RelayBase(abc.ABC):
         self.pinned: ServerConnection | None = None
         self._pinned_status = c.TX_IDLE
         self._pinned_pool: TenantPool | None = None
+        #: A primary unit left its transaction open but its connection could not be kept: the client's
+        #: next unit gets an error in a failed transaction instead of running outside it.
+        self._lost_tx_shop: int | None = None
         #: Answers the proxy edits, in the order unified sends them (see ReplyFilter).
         self._filters: deque[ReplyFilter] = deque()
         #: The statements unified has (it does not see the Parses that ran on tenant connections).

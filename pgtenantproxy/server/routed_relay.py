@@ -58,6 +58,7 @@ from pgtenantproxy.server.unit_decision import (
     SessionFacts,
     UnitRouter,
     hold_timeout_error,
+    lost_transaction,
     pinned_refusal,
 )
 
@@ -187,6 +188,9 @@ class RoutedRelay(MovedTransactions):
         except Exception:
             logger.exception("routing failed; unit sent to unified")
             decision = Decision("unified", reason="router_error")
+        lost, self._lost_tx_shop = self._lost_tx_shop, None
+        if lost is not None:
+            return Decision("refuse", lost, "lost_transaction", error=lost_transaction(lost))
         pinned = self.facts.pinned_shop
         if pinned is not None:
             if decision.target in ("tenant", "refuse") and decision.shop_id == pinned:
@@ -202,7 +206,7 @@ class RoutedRelay(MovedTransactions):
             self._start_tenant(unit, decision)
         elif target == "refuse":
             assert decision.error is not None
-            self._refuse(decision, decision.error)
+            self._refuse(decision, decision.error, lost_tx=decision.reason == "lost_transaction")
         elif target == "hold":
             self.tenant_task = asyncio.get_running_loop().create_task(self._hold(unit, decision))
         elif target == "begin":

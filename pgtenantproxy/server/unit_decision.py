@@ -111,6 +111,15 @@ def primary_unavailable(shop_id: int | None) -> tuple[str, str, str]:
     )
 
 
+def lost_transaction(shop_id: int | None) -> tuple[str, str, str]:
+    return (
+        CONNECTION_FAILURE,
+        f"pgtenantproxy: the transaction on shop {shop_id}'s database was lost (its connection was not "
+        "in a clean state) and rolled back",
+        "Nothing of it was committed; retry the transaction.",
+    )
+
+
 def tenant_unavailable(shop_id: int | None) -> bytes:
     return error_response(
         CONNECTION_FAILURE,

@@ -258,7 +258,7 @@ async def run_pgbench(bed: MirrorBed, *, seconds: int, clients: int = 3, port: i
     out, err = await proc.communicate()
     text = out.decode() + err.decode()
     assert proc.returncode == 0, text
-    assert "number of failed transactions: 0" in text or "failed" not in text, text
+    assert "\nnumber of failed transactions: 0 (" in text or "failed" not in text, text
     return text
 
 

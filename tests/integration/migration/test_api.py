@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pgtenantproxy.migration.store import set_fence
 from tests.fixtures.app import AppThread, http, wait_until
 from tests.integration.dualwrite.bed import MirrorBed, differences
 from tests.integration.migration.test_phases import app_config
@@ -117,6 +118,20 @@ def test_status_shows_phases_and_backfill_progress(app: AppThread) -> None:
     assert int(done) == int(total) > 0 and tables.startswith("6/6")
     assert shops[3]["backfill"] is None
     assert report["summary"]["phases"]["provisioned"] >= 18
+    assert not shops[1]["writes_held"]
+
+
+async def test_status_shows_a_write_hold(app: AppThread, lbed: MirrorBed) -> None:
+    conn = await lbed.unified_admin()
+    try:
+        await set_fence(conn, 2, hold_s=30)
+        code, report = call(app, "GET", "/status")
+        assert code == 200 and {s["shop_id"]: s["writes_held"] for s in report["shops"]}[2] is True
+        await set_fence(conn, 2, hold_s=None)
+        code, report = call(app, "GET", "/status")
+        assert {s["shop_id"]: s["writes_held"] for s in report["shops"]}[2] is False
+    finally:
+        await conn.close()
 
 
 def test_cutover_rollback_and_retirement_through_the_api(app: AppThread) -> None:

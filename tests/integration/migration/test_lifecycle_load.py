@@ -64,7 +64,7 @@ async def pgbench(lbed: MirrorBed, port: int, seconds: int) -> str:
     out, err = await proc.communicate()
     text = out.decode() + err.decode()
     assert proc.returncode == 0, text
-    assert "number of failed transactions: 0" in text, text
+    assert "\nnumber of failed transactions: 0 (" in text, text
     return text
 
 

@@ -185,7 +185,7 @@ def _load(bed: TenancyBed, app: AppThread, tmp_path: Path) -> None:
     finally:
         stop.set()
         writer.join(30)
-    assert out.returncode == 0 and "number of failed transactions: 0" in out.stdout, out.stderr
+    assert out.returncode == 0 and "\nnumber of failed transactions: 0 (" in out.stdout, out.stderr
 
 
 def _check_exposition(app: AppThread) -> None:
