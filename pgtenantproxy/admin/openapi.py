@@ -85,6 +85,45 @@ def _schemas() -> dict[str, Any]:
                                 "description": "a cutover or rollback holds the shop's writes right now"},
             },
         },
+        "Status": {
+            "type": "object",
+            "properties": {
+                "strategy": _ref("Strategy"),
+                "dual_write": {"type": "object"}, "summary": {"type": "object"},
+                "shops": {"type": "array", "items": _ref("ShopStatus")},
+            },
+        },
+        "ActivateReads": {
+            "type": "object",
+            "description": 'One of {"percentage": N}, {"shop_ids": [...]} (optionally with '
+                           '"strategy": "canary"), {"strategy": "tenant"}',
+            "properties": {"percentage": {"type": "integer", "minimum": 0, "maximum": 100},
+                           "shop_ids": integers, "strategy": {"enum": ["tenant", "shop-list", "canary"]}},
+        },
+        "Provisioned": {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}, "shops": {"type": "integer"},
+                           "provisioned": {"type": "integer"}, "already": {"type": "integer"},
+                           "failed": {"type": "array", "items": {"type": "object"}}},
+        },
+        "DualWrite": {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}, "capture": {"type": "boolean"},
+                           "tables": {"type": "array", "items": {"type": "string"}}},
+        },
+        "Performance": {
+            "type": "object",
+            "description": "The performance monitor's report: window, overall and per-source stats, "
+                           "per-shop stats with the unified-vs-tenant comparison",
+        },
+        "Health": {"type": "object",
+                   "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}},
+    }
+
+
+def _migration_schemas() -> dict[str, Any]:
+    integers = {"type": "array", "items": {"type": "integer"}}
+    return {
         "PhaseName": {"enum": ["unified", "provisioned", "backfilling", "backfilled", "mirroring",
                                "reads_on_tenant", "tenant_primary", "retired", "degraded", "failed"]},
         "ShopPhase": {
@@ -121,6 +160,11 @@ def _schemas() -> dict[str, Any]:
             "allOf": [_ref("Shops"), {"type": "object", "properties": {
                 "dry_run": {"type": "boolean", "description": "report what would happen, change nothing"}}}],
         },
+    }
+
+
+def _job_schemas() -> dict[str, Any]:
+    return {
         "Job": {
             "type": "object",
             "properties": {"id": {"type": "integer"}, "action": {"type": "string"},
@@ -133,39 +177,6 @@ def _schemas() -> dict[str, Any]:
                            "error": {"type": ["string", "null"]}},
         },
         "Jobs": {"type": "object", "properties": {"jobs": {"type": "array", "items": _ref("Job")}}},
-        "Status": {
-            "type": "object",
-            "properties": {
-                "strategy": _ref("Strategy"),
-                "dual_write": {"type": "object"}, "summary": {"type": "object"},
-                "shops": {"type": "array", "items": _ref("ShopStatus")},
-            },
-        },
-        "ActivateReads": {
-            "type": "object",
-            "description": 'One of {"percentage": N}, {"shop_ids": [...]} (optionally with '
-                           '"strategy": "canary"), {"strategy": "tenant"}',
-            "properties": {"percentage": {"type": "integer", "minimum": 0, "maximum": 100},
-                           "shop_ids": integers, "strategy": {"enum": ["tenant", "shop-list", "canary"]}},
-        },
-        "Provisioned": {
-            "type": "object",
-            "properties": {"ok": {"type": "boolean"}, "shops": {"type": "integer"},
-                           "provisioned": {"type": "integer"}, "already": {"type": "integer"},
-                           "failed": {"type": "array", "items": {"type": "object"}}},
-        },
-        "DualWrite": {
-            "type": "object",
-            "properties": {"ok": {"type": "boolean"}, "capture": {"type": "boolean"},
-                           "tables": {"type": "array", "items": {"type": "string"}}},
-        },
-        "Performance": {
-            "type": "object",
-            "description": "The performance monitor's report: window, overall and per-source stats, "
-                           "per-shop stats with the unified-vs-tenant comparison",
-        },
-        "Health": {"type": "object",
-                   "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}},
     }
 
 
@@ -244,7 +255,7 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": _schemas()},
+                       "schemas": {**_schemas(), **_migration_schemas(), **_job_schemas()}},
     }
 
 

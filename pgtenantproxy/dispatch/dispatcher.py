@@ -174,11 +174,11 @@ class Dispatcher:
         if lanes.active or facts.pinned_shop is not None:
             view = UnitView(unit, routed, items, touch(routed.statements, routed.identifications,
                             snapshot.tenant_tables, self._shadowed(state, snapshot)), (kind, table))
-            if lanes.active or facts.pinned_shop is not None:  # lazy BEGIN from the mirrored phases on
-                special = write_decision(view, facts, lanes, snapshot.tenant_tables,
-                                         held=self._held, hold_s=self.hold_timeout)
-                if special is not None:
-                    return self._count(special)
+            # also while shops are only mirrored: lazy BEGIN, so a cutover's hold catches new transactions
+            special = write_decision(view, facts, lanes, snapshot.tenant_tables,
+                                     held=self._held, hold_s=self.hold_timeout)
+            if special is not None:
+                return self._count(special)
             if lanes.watched and (view.touch.shops or view.touch.global_tables):
                 note = UnitNote(view.touch, tuple(a.fingerprint or "?" for a in routed.analyses),
                                 tuple(item.sql for item in items))

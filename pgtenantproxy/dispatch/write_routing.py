@@ -64,10 +64,6 @@ class Lanes:
     def active(self) -> bool:
         return bool(self.primary or self.holding or self.watched)
 
-    @property
-    def steering(self) -> bool:
-        return bool(self.primary or self.holding)
-
 
 def lanes_of(snapshot: CatalogSnapshot) -> Lanes:
     phases = snapshot.phases.values()

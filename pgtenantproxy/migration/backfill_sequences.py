@@ -22,7 +22,8 @@ from pgtenantproxy.tenancy.sql import ident
 
 logger = logging.getLogger(__name__)
 
-_OWNED = """
+#: Each column of a table that owns a sequence (serial and identity alike), with the sequence.
+OWNED_SEQUENCES = """
 SELECT a.attname, pg_get_serial_sequence($1, a.attname) AS seq
 FROM pg_attribute a
 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
@@ -58,7 +59,7 @@ async def sync_sequences(
     """Move every sequence of ``tables`` on ``target`` past the copied ids and unified's ids."""
     moves: list[SequenceMove] = []
     for table in tables:
-        for row in await target.fetch(_OWNED, table.name.sql):
+        for row in await target.fetch(OWNED_SEQUENCES, table.name.sql):
             column, seq = row["attname"], row["seq"]
             bounds = await target.fetchrow(_BOUNDS, seq)
             if bounds is None or bounds["seqincrement"] < 0:

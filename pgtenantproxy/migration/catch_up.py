@@ -23,7 +23,7 @@ from pgtenantproxy.dualwrite.catalog import Catalog
 from pgtenantproxy.dualwrite.retry import RetryPolicy
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.dualwrite.stats import MirrorStats
-from pgtenantproxy.migration.checksums import range_hashes, set_local_sql
+from pgtenantproxy.migration.checksums import comparable, range_hashes
 from pgtenantproxy.migration.keyranges import KeyRange
 
 _QUEUE = """INSERT INTO pgtenantproxy.outbox (shop_id, tbl, pk, op)
@@ -59,6 +59,5 @@ async def catch_up(
 
 
 async def _hashes(conn: asyncpg.Connection, table: TableInfo, shop_id: int | None) -> dict[str, int]:
-    async with conn.transaction(readonly=True):
-        await conn.execute(set_local_sql())
+    async with comparable(conn):
         return await range_hashes(conn, table, KeyRange(), shop_id)

@@ -24,7 +24,8 @@ reads as the same string on both sides.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import asyncpg
@@ -44,6 +45,16 @@ SESSION_SETTINGS = {
 #: ``(rows, sum of row hashes)`` of one range.
 Checksum = tuple[int, Decimal]
 EMPTY: Checksum = (0, Decimal(0))
+
+
+@asynccontextmanager
+async def comparable(conn: asyncpg.Connection, *, repeatable: bool = False) -> AsyncIterator[None]:
+    """A read-only transaction under :data:`SESSION_SETTINGS` (``SET LOCAL``: nothing leaks), so row
+    hashes read on either side compare."""
+    isolation = "repeatable_read" if repeatable else "read_committed"
+    async with conn.transaction(isolation=isolation, readonly=True):
+        await conn.execute(set_local_sql())
+        yield
 
 
 def set_local_sql() -> str:

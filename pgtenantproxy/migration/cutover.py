@@ -24,7 +24,8 @@ is below ``P``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +33,8 @@ import asyncpg
 
 from pgtenantproxy.config import Config
 from pgtenantproxy.dualwrite.capture import installed_tables
-from pgtenantproxy.dualwrite.catalog import read_tables
 from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, install_reverse_capture
-from pgtenantproxy.dualwrite.sqlgen import TableInfo, dependency_order
+from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.cutover_report import ALREADY, FAILED, REFUSED, FenceReport, FenceResult
 from pgtenantproxy.migration.drain import mirror_health, wait_drained
@@ -43,6 +43,7 @@ from pgtenantproxy.migration.id_blocks import reserve_id_blocks
 from pgtenantproxy.migration.readiness import readiness
 from pgtenantproxy.migration.store import read_phase, read_phases
 from pgtenantproxy.migration.switch import SwitchPlan, run_switch
+from pgtenantproxy.migration.tables import active_tables
 from pgtenantproxy.routing.strategy import percentage_bucket
 from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.errors import describe
@@ -92,21 +93,35 @@ async def cutover_shop(ctx: CutoverContext, shop: int) -> FenceResult:
         refusal = await _refusal(control, record, ctx.force)
         if refusal is not None:
             return refusal
-        tables = await _tables(control)
+        tables = await active_tables(control, purpose="cut over")
         captured = await installed_tables(control)
-        unified = await asyncpg.connect(**unified_connect_kwargs(ctx.config))
+        async with switch_sessions(ctx, shop) as (unified, tenant):
+            await install_reverse_capture(tenant, captured)
+            return await switch(ctx, control, _plan(ctx, record, unified, tenant, tables))
+
+
+@asynccontextmanager
+async def switch_sessions(
+    ctx: CutoverContext, shop: int
+) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
+    """Dedicated sessions on unified and on the shop's database (a switch holds session locks on them:
+    never connections of a pool, whose reset would release the locks)."""
+    unified = await asyncpg.connect(**unified_connect_kwargs(ctx.config))
+    try:
+        tenant = await connect_tenant_admin(ctx.tenancy.registry, ctx.tenancy.servers, shop)
         try:
-            tenant = await connect_tenant_admin(ctx.tenancy.registry, ctx.tenancy.servers, shop)
-            try:
-                await install_reverse_capture(tenant, captured)
-                plan = _plan(ctx, record, unified, tenant, tables)
-                section = ctx.config.migration
-                return await run_switch(control, plan, fence_timeout_s=section.fence_timeout_ms / 1000,
-                                        ack_timeout_s=section.ack_timeout_ms / 1000, actor=ctx.actor)
-            finally:
-                await tenant.close()
+            yield unified, tenant
         finally:
-            await unified.close()
+            await tenant.close()
+    finally:
+        await unified.close()
+
+
+async def switch(ctx: CutoverContext, control: asyncpg.Connection, plan: SwitchPlan) -> FenceResult:
+    """:func:`.switch.run_switch` with the ``[migration]`` deadlines."""
+    section = ctx.config.migration
+    return await run_switch(control, plan, fence_timeout_s=section.fence_timeout_ms / 1000,
+                            ack_timeout_s=section.ack_timeout_ms / 1000, actor=ctx.actor)
 
 
 def _plan(ctx: CutoverContext, record: ph.ShopPhase, unified: asyncpg.Connection,
@@ -149,12 +164,6 @@ async def _refusal(control: asyncpg.Connection, record: ph.ShopPhase, force: boo
                        detail=f"{len(ready.conflicts)} kinds of transaction ({seen} seen) touch the shop and "
                               "global tables or other shops; see cutover --check, or --force (they then get "
                               "an error)")
-
-
-async def _tables(control: asyncpg.Connection) -> list[TableInfo]:
-    tables = await read_tables(control)
-    active = {str(t.name) for t in await installed_tables(control)}
-    return [tables[label] for label in dependency_order(tables) if label in active]
 
 
 def _pause(result: FenceResult) -> str | None:

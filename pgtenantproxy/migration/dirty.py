@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.migration.checksums import key_hashes, set_local_sql
+from pgtenantproxy.migration.checksums import comparable, key_hashes
 
 _PENDING = "SELECT DISTINCT tbl, pk::text AS pk FROM pgtenantproxy.outbox WHERE shop_id = $1"
 
@@ -49,6 +49,5 @@ async def differing_keys(
 async def _hashes(
     conn: asyncpg.Connection, table: TableInfo, keys: list[str], shop_id: int | None
 ) -> dict[str, int | None]:
-    async with conn.transaction(readonly=True):
-        await conn.execute(set_local_sql())
+    async with comparable(conn):
         return await key_hashes(conn, table, keys, shop_id)

@@ -23,18 +23,12 @@ from dataclasses import dataclass
 import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
+from pgtenantproxy.migration.backfill_sequences import OWNED_SEQUENCES as _OWNED
 from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.tenancy.sql import ident
 
 logger = logging.getLogger(__name__)
 
-_OWNED = """
-SELECT a.attname, pg_get_serial_sequence($1, a.attname) AS seq
-FROM pg_attribute a
-WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
-  AND pg_get_serial_sequence($1, a.attname) IS NOT NULL
-ORDER BY a.attnum
-"""
 _TYPE_MAX = "SELECT seqmax, seqincrement FROM pg_sequence WHERE seqrelid = $1::regclass"
 
 

@@ -44,9 +44,10 @@ from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.catch_up import catch_up
 from pgtenantproxy.migration.errors import IllegalTransition, MigrationError
 from pgtenantproxy.migration.retire_gate import shop_rows
-from pgtenantproxy.migration.retire_shop import FAILURES, delete_rows, ordered_tables, quiet_session
+from pgtenantproxy.migration.retire_shop import FAILURES, delete_rows, quiet_session
 from pgtenantproxy.migration.reverse_link import install_reverse_capture, remove_reverse_capture, tenant_admin
 from pgtenantproxy.migration.store import read_phase, transition
+from pgtenantproxy.migration.tables import ordered_tables
 from pgtenantproxy.migration.verify import ShopVerifier
 from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.service import TenancyService
@@ -126,7 +127,7 @@ async def _checked(tenancy: TenancyService, shop_id: int,
         if phase.phase != ph.RETIRED:
             raise IllegalTransition(f"shop {shop_id} is in phase {phase.phase}; "
                                     "only a retired shop is restored")
-        tables = await ordered_tables(conn)
+        tables = await ordered_tables(conn, purpose="restore")
         recorded = {r["tbl"]: (r["sha256"], int(r["rows"])) for r in await conn.fetch(_RECORDED, shop_id)}
         manifest = ar.read_manifest(directory, shop_id)
         ar.check_files(directory, manifest)

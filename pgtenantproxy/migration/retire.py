@@ -35,8 +35,9 @@ from pgtenantproxy.migration.retire_report import (
     RetirementReport,
     ShopRetirement,
 )
-from pgtenantproxy.migration.retire_shop import FAILURES, ShopRetirer, ordered_tables
+from pgtenantproxy.migration.retire_shop import FAILURES, ShopRetirer
 from pgtenantproxy.migration.store import read_phases
+from pgtenantproxy.migration.tables import ordered_tables
 from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.errors import TenancyError
 from pgtenantproxy.tenancy.service import TenancyService
@@ -56,7 +57,7 @@ async def retire_shops(
     report = RetirementReport(dry_run)
     async with tenancy.pool.acquire() as conn:
         phases = await read_phases(conn)
-        tables = await ordered_tables(conn)
+        tables = await ordered_tables(conn, purpose="retire")
     report.shops = await _gate_all(tenancy, tables, config, select_shops(phases, shops), actor)
     passed = {s.shop_id for s in report.shops if s.status == WOULD_RETIRE}
     if shops is None:

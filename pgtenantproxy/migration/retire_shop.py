@@ -34,9 +34,8 @@ from pathlib import Path
 import asyncpg
 
 from pgtenantproxy.config import Config
-from pgtenantproxy.dualwrite.catalog import read_tables
 from pgtenantproxy.dualwrite.schema import APPLY_SETTING, FENCE_LOCK
-from pgtenantproxy.dualwrite.sqlgen import TableInfo, dependency_order
+from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.migration import archive as ar
 from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.errors import MigrationError
@@ -58,18 +57,6 @@ ON CONFLICT (shop_id, tbl) DO UPDATE SET path = excluded.path, format = excluded
 """
 _FORGET = "DELETE FROM pgtenantproxy.retirement_archives WHERE shop_id = $1"
 _DELETED = "UPDATE pgtenantproxy.retirement_archives SET deleted_at = clock_timestamp() WHERE shop_id = $1"
-
-
-async def ordered_tables(conn: asyncpg.Connection) -> list[TableInfo]:
-    """The captured tables, referenced tables first; refuses when capture was never set up."""
-    try:
-        tables = await read_tables(conn)
-    except asyncpg.UndefinedTableError:
-        tables = {}
-    if not tables:
-        raise MigrationError("write capture was never set up (pgtenantproxy dual-write enable): "
-                             "there are no captured tables to retire or restore")
-    return [tables[label] for label in dependency_order(tables)]
 
 
 def source_of(config: Config) -> dict[str, object]:

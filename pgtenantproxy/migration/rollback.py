@@ -22,20 +22,18 @@ Write capture as a whole is removed by ``pgtenantproxy dual-write disable``
 
 from __future__ import annotations
 
-import asyncpg
-
 from pgtenantproxy.dispatch.catalog import set_override
 from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, wait_reverse_drained
 from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.checkpoints import forget
-from pgtenantproxy.migration.cutover import CutoverContext, _tables
+from pgtenantproxy.migration.cutover import CutoverContext, switch, switch_sessions
 from pgtenantproxy.migration.cutover_report import ALREADY, DONE, REFUSED, FenceResult
 from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.restore import restore_shop
 from pgtenantproxy.migration.store import read_phase, transition
-from pgtenantproxy.migration.switch import SwitchPlan, run_switch
+from pgtenantproxy.migration.switch import SwitchPlan
+from pgtenantproxy.migration.tables import active_tables
 from pgtenantproxy.tenancy.control_schema import audit
-from pgtenantproxy.tenancy.servers import unified_connect_kwargs
 
 #: Where one step back leads, by (effective) phase.
 BACK = {
@@ -85,7 +83,7 @@ async def _reads_back(ctx: CutoverContext, record: ph.ShopPhase) -> FenceResult:
 async def _copy_dropped(ctx: CutoverContext, record: ph.ShopPhase) -> FenceResult:
     shop = record.shop_id
     async with ctx.tenancy.pool.acquire() as control:
-        tables = await _tables(control)
+        tables = await active_tables(control, purpose="roll back")
         moved = await transition(control, shop, ph.PROVISIONED, expect_version=record.version,
                                  reason="rollback: tenant copy dropped", actor=ctx.actor, action="rollback")
         await forget(control, shop)
@@ -102,23 +100,14 @@ async def _copy_dropped(ctx: CutoverContext, record: ph.ShopPhase) -> FenceResul
 async def _writes_back(ctx: CutoverContext, record: ph.ShopPhase) -> FenceResult:
     shop = record.shop_id
     async with ctx.tenancy.pool.acquire() as control:
-        tables = await _tables(control)
-        unified = await asyncpg.connect(**unified_connect_kwargs(ctx.config))
-        try:
-            tenant = await connect_tenant_admin(ctx.tenancy.registry, ctx.tenancy.servers, shop)
-            try:
-                async def drained(timeout_s: float) -> bool:
-                    return await wait_reverse_drained(tenant, shop, timeout_s=timeout_s)
+        tables = await active_tables(control, purpose="roll back")
+        async with switch_sessions(ctx, shop) as (unified, tenant):
+            async def drained(timeout_s: float) -> bool:
+                return await wait_reverse_drained(tenant, shop, timeout_s=timeout_s)
 
-                plan = SwitchPlan(shop, record, ph.READS_ON_TENANT, unified, tenant, source_is_unified=False,
-                                  drain=drained, tables=tables, action="rollback")
-                section = ctx.config.migration
-                return await run_switch(control, plan, fence_timeout_s=section.fence_timeout_ms / 1000,
-                                        ack_timeout_s=section.ack_timeout_ms / 1000, actor=ctx.actor)
-            finally:
-                await tenant.close()
-        finally:
-            await unified.close()
+            plan = SwitchPlan(shop, record, ph.READS_ON_TENANT, unified, tenant, source_is_unified=False,
+                              drain=drained, tables=tables, action="rollback")
+            return await switch(ctx, control, plan)
 
 
 async def rollback_shops(ctx: CutoverContext, shops: list[int]) -> list[FenceResult]:

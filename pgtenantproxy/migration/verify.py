@@ -39,8 +39,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from pgtenantproxy.config import Config, MigrationSection
-from pgtenantproxy.dualwrite.catalog import read_tables
-from pgtenantproxy.dualwrite.sqlgen import TableInfo, dependency_order
+from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.migration import checksums as cs
 from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.drain import mirror_health, wait_drained
@@ -48,6 +47,7 @@ from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.keydiff import classify, differing_ranges
 from pgtenantproxy.migration.keyranges import KeyRange
 from pgtenantproxy.migration.store import read_phases
+from pgtenantproxy.migration.tables import ordered_tables
 from pgtenantproxy.migration.verify_report import ShopVerification, TableVerification, VerificationReport
 from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.errors import TenancyError
@@ -83,7 +83,7 @@ async def verify_shops(
     started = time.monotonic()
     async with tenancy.pool.acquire() as conn:
         selected = select_shops(await read_phases(conn), shops)
-        tables = await _captured_tables(conn)
+        tables = await ordered_tables(conn, purpose="verify")
     verifier = ShopVerifier(tenancy, tables, config.migration, actor=actor)
     slots = asyncio.Semaphore(config.migration.jobs)
 
@@ -108,17 +108,6 @@ def select_shops(phases: Mapping[int, ph.ShopPhase], shops: Sequence[int] | None
             f"(phases {', '.join(sorted(EXPLICIT))})"
         )
     return chosen
-
-
-async def _captured_tables(conn: asyncpg.Connection) -> list[TableInfo]:
-    try:
-        tables = await read_tables(conn)
-    except asyncpg.UndefinedTableError:
-        tables = {}
-    if not tables:
-        raise MigrationError("write capture was never set up (pgtenantproxy dual-write enable): "
-                             "no captured table to verify")
-    return [tables[label] for label in dependency_order(tables)]
 
 
 class ShopVerifier:
@@ -181,7 +170,7 @@ class ShopVerifier:
                      shop: ShopVerification) -> TableVerification:
         out = TableVerification(table.label)
         try:
-            async with _snapshot(conn, repeatable=True):
+            async with cs.comparable(conn, repeatable=True):
                 cut, unified = await cs.unified_pass(
                     conn, table, shop.shop_id, self.section.verify_chunk_rows)
             await self._drain(conn, shop)
@@ -206,7 +195,7 @@ class ShopVerifier:
         """Key verdicts of whole ranges: unified, (drain) tenant, unified again."""
         async def unified() -> dict[str, int | None]:
             found: dict[str, int | None] = {}
-            async with _snapshot(conn):
+            async with cs.comparable(conn):
                 for rng in rngs:
                     found.update(await cs.range_hashes(conn, table, rng, shop.shop_id))
             return found
@@ -228,20 +217,13 @@ class ShopVerifier:
             out.rechecks += 1
             await asyncio.sleep(RECHECK_PAUSE_S)
             keys = sorted(verdicts)
-            async with _snapshot(conn):
+            async with cs.comparable(conn):
                 before = await cs.key_hashes(conn, table, keys, shop.shop_id)
             await self._drain(conn, shop)
             theirs = await cs.key_hashes(tenant, table, keys, None)
-            async with _snapshot(conn):
+            async with cs.comparable(conn):
                 after = await cs.key_hashes(conn, table, keys, shop.shop_id)
             verdicts = classify(before, theirs, after)
         return verdicts
 
 
-@asynccontextmanager
-async def _snapshot(conn: asyncpg.Connection, *, repeatable: bool = False) -> AsyncIterator[None]:
-    """A read-only transaction on unified under the comparison settings (``SET LOCAL``: nothing leaks)."""
-    isolation = "repeatable_read" if repeatable else "read_committed"
-    async with conn.transaction(isolation=isolation, readonly=True):
-        await conn.execute(cs.set_local_sql())
-        yield
