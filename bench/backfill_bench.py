@@ -54,9 +54,9 @@ from targets import REPO, Service, Target, pgbench_path, wait_listening
 from pgtenantproxy.config import Config, parse_config
 from pgtenantproxy.dualwrite.service import DualWriteService
 from pgtenantproxy.embedded import PgCluster, create_cluster, free_port
+from pgtenantproxy.lifecycle.phases import PROVISIONED
+from pgtenantproxy.lifecycle.store import force_phase
 from pgtenantproxy.migration.backfill import backfill_shops
-from pgtenantproxy.migration.phases import PROVISIONED
-from pgtenantproxy.migration.store import force_phase
 from pgtenantproxy.tenancy.service import TenancyService
 
 FILES = REPO / "tests" / "integration" / "dualwrite"

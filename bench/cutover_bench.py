@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmark thi
 
 
 from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, reverse_pending
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.migration.backfill import backfill_shops
 from pgtenantproxy.migration.cutover import cutover_shops
 from pgtenantproxy.migration.cutover_report import FenceReport
-from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.tenancy.service import TenancyService
 from tests.fixtures.app import AppThread
 from tests.integration.dualwrite.bed import DATABASE, SHOPS, MirrorBed, make_bed

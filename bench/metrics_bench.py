@@ -73,7 +73,7 @@ from targets import BENCH_DB, BENCH_USER, BenchCluster, Service, pgbench_path, s
 from pgtenantproxy.config import MetricsSection, parse_config
 from pgtenantproxy.embedded import free_port
 from pgtenantproxy.metrics.recorder import QueryRecorder
-from pgtenantproxy.server.routed_relay import Decision
+from pgtenantproxy.session.decision import Decision, ToTenant, ToUnified
 from pgtenantproxy.tenancy.service import TenancyService
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,8 +227,8 @@ def process_cpu(pid: int) -> float:
 def recorder_cost_us(calls: int = 300_000) -> float:
     """Microseconds one ``QueryRecorder.record`` call costs in this process (loop overhead removed)."""
     recorder = QueryRecorder(MetricsSection(), tenant_tables=lambda: frozenset({"public.shop_notes"}))
-    decisions = [Decision("tenant", s, "tenant", "query", "select", "shop_notes") for s in SHOPS]
-    decisions.append(Decision("unified", None, "global_table", None, "select", "pgbench_accounts"))
+    decisions = [ToTenant(s, "tenant", "query", "select", "shop_notes") for s in SHOPS]
+    decisions.append(ToUnified(None, "global_table", None, "select", "pgbench_accounts"))
     n = len(decisions)
 
     def nothing(unit: object, facts: object, decision: Decision, outcome: str, seconds: float) -> None:

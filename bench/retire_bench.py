@@ -40,10 +40,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmark this checkout
 
 from pgtenantproxy.config import Config
-from pgtenantproxy.migration.phases import TENANT_PRIMARY
+from pgtenantproxy.lifecycle.phases import TENANT_PRIMARY
+from pgtenantproxy.lifecycle.store import force_phase
 from pgtenantproxy.migration.restore import restore_shop
 from pgtenantproxy.migration.retire import retire_shops
-from pgtenantproxy.migration.store import force_phase
 from pgtenantproxy.tenancy.service import TenancyService
 from tests.integration.dualwrite.bed import SHOPS, make_bed
 

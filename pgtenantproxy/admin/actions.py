@@ -20,6 +20,7 @@ from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.routing_state import RoutingState, clear_state, write_state
 from pgtenantproxy.dispatch.runtime import RoutingRuntime
 from pgtenantproxy.dualwrite.service import DualWriteService
+from pgtenantproxy.lifecycle.audit import audit
 from pgtenantproxy.migration.backfill import backfill_shops
 from pgtenantproxy.migration.cutover import CutoverContext, cutover_shops
 from pgtenantproxy.migration.cutover_report import FenceReport
@@ -29,7 +30,6 @@ from pgtenantproxy.migration.restore import restore_shop
 from pgtenantproxy.migration.retire import retire_shops
 from pgtenantproxy.migration.rollback import rollback_shops
 from pgtenantproxy.migration.verify import verify_shops
-from pgtenantproxy.tenancy.control_schema import audit
 
 
 class BadRequest(ValueError):

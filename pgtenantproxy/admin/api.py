@@ -28,9 +28,9 @@ from pgtenantproxy.admin.report import gather_status
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.routing_state import RoutingState
 from pgtenantproxy.dispatch.runtime import RoutingRuntime
+from pgtenantproxy.lifecycle.phases import ShopPhase
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.metrics.monitor import PerformanceMonitor
-from pgtenantproxy.migration.phases import ShopPhase
-from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.server.listener import ProxyServer
 
 logger = logging.getLogger(__name__)

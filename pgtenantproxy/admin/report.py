@@ -6,7 +6,7 @@ up, the outbox, dead letters and degraded shops), so every proxy instance
 and ``pgtenantproxy status`` give the same answer. The read decision per
 shop applies the routing rule to that shared state: the effective strategy
 (API state, else the config file) with the per-shop overrides, and
-eligibility = phase ``mirroring`` or later (:mod:`pgtenantproxy.migration.phases`),
+eligibility = phase ``mirroring`` or later (:mod:`pgtenantproxy.lifecycle.phases`),
 not degraded, and (while capture is on) mirror lag under ``[dual_write]
 max_lag_ms``. Each shop also shows its phase and, while it is being copied,
 its backfill progress. A session's own read-your-writes
@@ -24,9 +24,9 @@ import asyncpg
 
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.routing_state import EffectiveStrategy, effective, effective_routing, read_state
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.migration.checkpoints import ShopProgress, shop_progress
-from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.routing import Strategy
 
 _EXISTS = "SELECT to_regclass($1) IS NOT NULL"

@@ -23,9 +23,9 @@ from rich.table import Table
 
 from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.cutover import CutoverContext, cutover_shops, shops_below
 from pgtenantproxy.migration.cutover_report import ALREADY, DONE, FenceReport
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.readiness import Readiness, readiness
 from pgtenantproxy.migration.rollback import rollback_shops
 from pgtenantproxy.tenancy.service import TenancyService

@@ -19,9 +19,9 @@ from rich.table import Table
 
 from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
-from pgtenantproxy.migration.errors import MigrationError
-from pgtenantproxy.migration.phases import PHASES, ShopPhase
-from pgtenantproxy.migration.store import force_phase, read_phase, transition
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.phases import PHASES, ShopPhase
+from pgtenantproxy.lifecycle.store import force_phase, read_phase, transition
 from pgtenantproxy.tenancy.service import TenancyService
 
 _HISTORY = """SELECT at, action, step, detail, actor FROM pgtenantproxy.migration_log

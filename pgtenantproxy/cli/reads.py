@@ -20,10 +20,10 @@ from typing import Any
 from pgtenantproxy.cli.common import add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.catalog import set_override
-from pgtenantproxy.migration.errors import MigrationError
-from pgtenantproxy.migration.phases import require_tenant_reads
-from pgtenantproxy.migration.store import read_phase
-from pgtenantproxy.tenancy.control_schema import audit
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.phases import require_tenant_reads
+from pgtenantproxy.lifecycle.store import read_phase
 from pgtenantproxy.tenancy.service import TenancyService
 
 ACTIONS = {"activate": True, "deactivate": False, "clear": None}

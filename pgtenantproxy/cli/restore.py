@@ -18,7 +18,7 @@ from typing import Any
 
 from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.restore import RestoreResult, restore_shop
 from pgtenantproxy.tenancy.service import TenancyService
 

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.retire import retire_shops
 from pgtenantproxy.migration.retire_report import BLOCKED, FAILED, RetirementReport
 from pgtenantproxy.tenancy.service import TenancyService

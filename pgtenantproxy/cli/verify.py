@@ -21,7 +21,7 @@ from rich.table import Table
 
 from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.migration.verify_report import (
     CATEGORIES,

@@ -2,7 +2,7 @@
 
 * the tenant tables (``[tenancy] tenant_tables``, "auto" = discovered);
 * the shops whose tenant database may serve reads: phase ``mirroring``,
-  ``reads_on_tenant`` or ``tenant_primary`` (:mod:`pgtenantproxy.migration.phases`),
+  ``reads_on_tenant`` or ``tenant_primary`` (:mod:`pgtenantproxy.lifecycle.phases`),
   with every shop's phase for status pages;
 * per-shop read overrides (``pgtenantproxy reads activate|deactivate``);
 * the strategy set through the admin API (:mod:`.routing_state`), if any.
@@ -30,9 +30,9 @@ import asyncpg
 
 from pgtenantproxy.config import TenancySection
 from pgtenantproxy.dispatch.routing_state import CHANNEL, RoutingState, read_state
-from pgtenantproxy.migration.instances import heartbeat, new_instance_id
-from pgtenantproxy.migration.phases import ShopPhase
-from pgtenantproxy.migration.store import read_phases
+from pgtenantproxy.lifecycle.instances import heartbeat, new_instance_id
+from pgtenantproxy.lifecycle.phases import ShopPhase
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ mirroring is on, the mirror healthy and caught up (lag under ``max_lag_ms``,
 no dead letters) and caught up with this session's own writes.
 
 While some shop is ``tenant_primary`` or held by a cutover, or a shop is a
-cutover candidate (:data:`~pgtenantproxy.migration.phases.MIRRORED`), each unit
+cutover candidate (:data:`~pgtenantproxy.lifecycle.phases.MIRRORED`), each unit
 is also summarised (:func:`~pgtenantproxy.routing.primary.touch`):
 :mod:`.write_routing` may then send it to a cut-over shop's database, hold it,
 answer a lazy BEGIN or refuse it (those decisions have no side effects here:
@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.conflicts import ConflictRecorder
 from pgtenantproxy.dispatch.items import unit_items
+from pgtenantproxy.dispatch.shadow import ShadowReader, ShadowResult
 from pgtenantproxy.dispatch.write_routing import Lanes, UnitView, lanes_of, write_decision
 from pgtenantproxy.pools.pool import PoolManager, TenantPool
 from pgtenantproxy.protocol import constants as c
@@ -44,8 +45,8 @@ from pgtenantproxy.protocol.messages import Parse, Query
 from pgtenantproxy.routing import BatchItem, Claim, RoutedUnit, Router, SessionShop, startup_claim
 from pgtenantproxy.routing.primary import touch
 from pgtenantproxy.routing.readiness import TxTrace, UnitNote
-from pgtenantproxy.server.routed_relay import Decision, SessionFacts
-from pgtenantproxy.server.shadow import ShadowReader, ShadowResult
+from pgtenantproxy.session.decision import Aside, Decision, ToTenant, ToUnified
+from pgtenantproxy.session.facts import SessionFacts
 
 logger = logging.getLogger(__name__)
 
@@ -150,12 +151,12 @@ class Dispatcher:
         if not items:
             state.last = None
             if items is not None and facts.pinned_shop is not None:  # Parse/Describe only: where the tx is
-                return self._count(Decision("tenant", facts.pinned_shop, "pinned_transaction", primary=True))
+                return ToTenant(facts.pinned_shop, "pinned_transaction", primary=True)
             if items is not None and facts.deferred_begin is not None:
-                return self._count(Decision("aside", reason="empty"))
-            return self._count(Decision("unified", reason="unknown_statement" if items is None else "empty"))
+                return Aside(reason="empty")
+            return ToUnified(reason="unknown_statement" if items is None else "empty")
         if facts.deferred_begin is not None:  # the lazy BEGIN is part of this unit now
-            items = [BatchItem(Query.parse(facts.deferred_begin.body).sql), *items]
+            items = [BatchItem(facts.deferred_begin), *items]
         snapshot = self.catalog.snapshot
         routed = self._router(snapshot).route(
             items,
@@ -178,23 +179,21 @@ class Dispatcher:
             special = write_decision(view, facts, lanes, snapshot.tenant_tables,
                                      held=self._held, hold_s=self.hold_timeout)
             if special is not None:
-                return self._count(special)
+                return special
             if lanes.watched and (view.touch.shops or view.touch.global_tables):
                 note = UnitNote(view.touch, tuple(a.fingerprint or "?" for a in routed.analyses),
                                 tuple(item.sql for item in items))
-        if route.source:
-            self.stats.sources[route.source] += 1
         if route.tenant and not unit.pinned:
-            return self._count(Decision("tenant", route.shop_id, route.reason, route.source, kind, table))
+            return ToTenant(route.shop_id, route.reason, route.source, kind, table)
         self._before_unified(state, routed, items, snapshot)
         reason = "pinned" if route.tenant else route.reason
-        return self._count(Decision("unified", route.shop_id, reason, route.source, kind, table, note=note))
+        return ToUnified(route.shop_id, reason, route.source, kind, table, note=note)
 
     def completed(
         self, unit: Unit, facts: SessionFacts, decision: Decision, outcome: str, seconds: float
     ) -> None:
         state = self._state(facts)
-        self.stats.outcomes[(decision.target, outcome)] += 1
+        self.stats.outcomes[(decision.target.value, outcome)] += 1
         if self.metrics is not None:
             self.metrics.record(unit, facts, decision, outcome, seconds)
         if decision.note is not None or state.trace is not None:
@@ -295,9 +294,11 @@ class Dispatcher:
             if writes.unknown:
                 state.dirty.add(None)
 
-    def _count(self, decision: Decision) -> Decision:
-        self.stats.decisions[(decision.target, decision.reason)] += 1
-        return decision
+    def acted(self, decision: Decision) -> None:
+        """The session acts on ``decision``: counted here, once per unit (``decide`` may be asked again)."""
+        self.stats.decisions[(decision.target.value, decision.reason)] += 1
+        if decision.source:
+            self.stats.sources[decision.source] += 1
 
     # --- shadow reads -----------------------------------------------------------------
     def _maybe_shadow(

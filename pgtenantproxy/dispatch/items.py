@@ -11,33 +11,33 @@ such a unit goes to unified.
 from __future__ import annotations
 
 from pgtenantproxy.protocol import constants as c
-from pgtenantproxy.protocol.batch import Unit
-from pgtenantproxy.protocol.messages import Bind, Execute, Parse, Query
+from pgtenantproxy.protocol.batch import Unit, UnitKind
+from pgtenantproxy.protocol.messages import Bind, Parse
 from pgtenantproxy.routing import BatchItem, BoundParams
-from pgtenantproxy.server.statements import PreparedStatements
+from pgtenantproxy.session.statements import PreparedStatements
 
 
 def unit_items(unit: Unit, statements: PreparedStatements) -> list[BatchItem] | None:
-    if unit.kind == "query":
-        return [BatchItem(Query.parse(unit.messages[0].body).sql)]
+    if unit.kind is UnitKind.QUERY:
+        return [BatchItem(unit.messages[0].sql or "")]
     parsed: dict[str, Parse] = {}
     portals: dict[str, tuple[Parse, Bind]] = {}
     items: list[BatchItem] = []
     for msg in unit.messages:
-        if msg.type == c.PARSE:
-            parse = Parse.parse(msg.body)
-            parsed[parse.name] = parse
-        elif msg.type == c.BIND:
-            bind = Bind.parse(msg.body)
-            source = parsed.get(bind.statement)
+        if msg.malformed:
+            return None
+        if msg.type == c.PARSE and msg.parse is not None:
+            parsed[msg.name] = msg.parse
+        elif msg.type == c.BIND and msg.bind is not None:
+            source = parsed.get(msg.name)
             if source is None:
-                record = statements.get(bind.statement)
-                if record is None:
+                record = statements.get(msg.name)
+                if record is None or record.parse is None:
                     return None
-                source = record[0]
-            portals[bind.portal] = (source, bind)
+                source = record.parse
+            portals[msg.portal] = (source, msg.bind)
         elif msg.type == c.EXECUTE:
-            found = portals.get(Execute.parse(msg.body).portal)
+            found = portals.get(msg.portal)
             if found is None:
                 return None
             parse, bind = found

@@ -38,11 +38,11 @@ from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.dispatcher import Dispatcher, MirrorView
 from pgtenantproxy.dispatch.items import unit_items
 from pgtenantproxy.dispatch.routing_state import EffectiveStrategy, RoutingState, effective, effective_routing
-from pgtenantproxy.migration.instances import forget
+from pgtenantproxy.dispatch.shadow import ShadowReader
+from pgtenantproxy.lifecycle.instances import forget
 from pgtenantproxy.pools.connection import ServerTarget
 from pgtenantproxy.pools.pool import PoolManager, TenantPool
 from pgtenantproxy.routing import Router
-from pgtenantproxy.server.shadow import ShadowReader
 from pgtenantproxy.tenancy.servers import unified_connect_kwargs
 from pgtenantproxy.tenancy.service import TenancyService
 

@@ -37,14 +37,15 @@ from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot
-from pgtenantproxy.migration.phases import MIRRORED, OWN_DATABASE
+from pgtenantproxy.lifecycle.phases import MIRRORED, OWN_DATABASE
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit
 from pgtenantproxy.protocol.local_answers import answerable
 from pgtenantproxy.routing import BatchItem, RoutedUnit
 from pgtenantproxy.routing.model import StatementAnalysis
 from pgtenantproxy.routing.primary import Touch
-from pgtenantproxy.server.routed_relay import Decision, SessionFacts
+from pgtenantproxy.session.decision import AnswerBegin, AnswerEnd, Decision, Hold, Refusal, Refuse, ToTenant
+from pgtenantproxy.session.facts import SessionFacts
 
 NOT_ATOMIC = "0A000"
 _START = re.compile(r"\s*start\b", re.IGNORECASE)
@@ -99,7 +100,7 @@ def write_decision(
     pinned = facts.pinned_shop
     if pinned is not None:
         if touch.only(pinned):
-            return Decision("tenant", pinned, "pinned_transaction", kind=kind, table=table, primary=True)
+            return ToTenant(pinned, "pinned_transaction", kind=kind, table=table, primary=True)
         return _refuse(pinned, _pinned_message(pinned, touch), kind, table)
     if facts.tx_status == c.TX_IDLE:
         local = _local_answer(view, facts, lanes)
@@ -107,9 +108,9 @@ def write_decision(
             return local
         shop = touch.single
         if shop is not None and shop in lanes.holding and not touch.quiet:
-            return Decision("hold", shop, "held", kind=kind, table=table, held=held(shop), hold_s=hold_s)
+            return Hold(shop, "held", kind=kind, table=table, held=held(shop), hold_s=hold_s)
         if shop is not None and shop in lanes.primary:
-            return Decision("tenant", shop, "tenant_primary", kind=kind, table=table, primary=True)
+            return ToTenant(shop, "tenant_primary", kind=kind, table=table, primary=True)
     if lanes.primary:
         written = view.routed.writes(view.items, tenant_tables).shops & lanes.primary
         if written:
@@ -130,12 +131,12 @@ def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision
             return None
         sql = view.items[0].sql
         tag = "START TRANSACTION" if _START.match(sql) else "BEGIN"
-        return Decision("begin", reason="deferred_begin", tag=tag, begin_sql=sql)
+        return AnswerBegin(reason="deferred_begin", tag=tag, begin_sql=sql)
     if len(statements) == 2 and _op(statements[1]) in ("commit", "rollback") and _one_statement_unit(view):
         tx = statements[1].tx
         assert tx is not None
         if not tx.chain:
-            return Decision("local", reason="deferred_end", tag="COMMIT" if tx.op == "commit" else "ROLLBACK")
+            return AnswerEnd(reason="deferred_end", tag="COMMIT" if tx.op == "commit" else "ROLLBACK")
     return None
 
 
@@ -151,7 +152,7 @@ def _op(stmt: StatementAnalysis) -> str | None:
 def _refuse(shop: int, message: str, kind: str, table: str) -> Decision:
     hint = ("Run statements on global tables, and on other shops, in transactions of their own; "
             "see docs/routing.md, \"Writes after cutover\".")
-    return Decision("refuse", shop, "refused", kind=kind, table=table, error=(NOT_ATOMIC, message, hint))
+    return Refuse(shop, "refused", kind=kind, table=table, error=Refusal(NOT_ATOMIC, message, hint))
 
 
 def _pinned_message(shop: int, touch: Touch) -> str:

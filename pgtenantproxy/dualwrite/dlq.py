@@ -17,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 
-from pgtenantproxy.tenancy.control_schema import audit
+from pgtenantproxy.lifecycle.audit import audit
 
 _LIST = """
 SELECT id, shop_id, tbl, pk::text AS pk, op::text AS op, captured_at, failed_at, attempts, error

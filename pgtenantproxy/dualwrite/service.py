@@ -51,7 +51,7 @@ from pgtenantproxy.dualwrite.stats import MirrorStats
 from pgtenantproxy.dualwrite.status import MirrorStatus
 from pgtenantproxy.dualwrite.targets import TenantTargets
 from pgtenantproxy.dualwrite.worker import MirrorWorker
-from pgtenantproxy.tenancy.control_schema import audit
+from pgtenantproxy.lifecycle.audit import audit
 from pgtenantproxy.tenancy.service import TenancyService
 from pgtenantproxy.tenancy.sql import QualifiedName
 

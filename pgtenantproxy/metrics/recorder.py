@@ -33,7 +33,7 @@ from pgtenantproxy.config import MetricsSection
 from pgtenantproxy.metrics.histogram import LATENCY_BUCKETS, Hist
 from pgtenantproxy.metrics.monitor import PerformanceMonitor
 from pgtenantproxy.metrics.shops import ShopSeries
-from pgtenantproxy.server.routed_relay import Decision
+from pgtenantproxy.session.decision import Decision
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class QueryRecorder:
 
     # --- the data path -----------------------------------------------------------------
     def record(self, unit: Any, facts: Any, decision: Decision, outcome: str, seconds: float) -> None:
-        target = decision.target
+        target = decision.target.value
         key = (target, decision.kind, outcome, decision.table)
         hist = self._raw.get(key)
         if hist is None:

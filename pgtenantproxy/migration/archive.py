@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.tenancy.sql import ident, literal
 
 MANIFEST = "manifest.json"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
 
 
 @dataclass(frozen=True)

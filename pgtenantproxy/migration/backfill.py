@@ -25,8 +25,11 @@ from collections.abc import Sequence
 import asyncpg
 
 from pgtenantproxy.config import Config
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.store import read_phase, read_phases, transition
 from pgtenantproxy.migration import backfill_locks as locks
-from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.backfill_report import (
     BACKFILLED,
     DONE_ALREADY,
@@ -47,11 +50,8 @@ from pgtenantproxy.migration.backfill_shop import (
     finish,
 )
 from pgtenantproxy.migration.drain import wait_drained
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.progress import ESTIMATE, SHOP_DONE, ProgressEvent, ProgressFeed, Subscriber
-from pgtenantproxy.migration.store import read_phase, read_phases, transition
 from pgtenantproxy.migration.throttle import TokenBucket
-from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.errors import describe
 from pgtenantproxy.tenancy.service import TenancyService
 from pgtenantproxy.tenancy.sql import ident

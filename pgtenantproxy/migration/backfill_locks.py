@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncpg
 
 from pgtenantproxy.dualwrite.schema import LEASE_LOCK
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.tenancy.control_schema import shop_lock_key
 
 BACKFILL_LOCK = 0x50475456  # advisory lock namespace: one backfill per shop

@@ -42,14 +42,14 @@ import asyncpg
 from pgtenantproxy.config import Config
 from pgtenantproxy.dualwrite.catalog import read_tables
 from pgtenantproxy.dualwrite.sqlgen import TableInfo, dependency_order
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.store import read_phase, transition
 from pgtenantproxy.migration import backfill_locks as locks
 from pgtenantproxy.migration import checkpoints
-from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.backfill_sequences import sync_sequences
 from pgtenantproxy.migration.copier import TablePlan, copy_table, plan_table
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.progress import CHUNK, SHOP_STARTED, TABLE_DONE, ProgressEvent, ProgressFeed
-from pgtenantproxy.migration.store import read_phase, transition
 from pgtenantproxy.migration.throttle import TokenBucket
 from pgtenantproxy.tenancy.servers import unified_connect_kwargs
 from pgtenantproxy.tenancy.service import TenancyService

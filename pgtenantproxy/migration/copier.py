@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.keyranges import KeyRange, boundaries, key_columns, range_condition, ranges
 from pgtenantproxy.migration.throttle import TokenBucket
 from pgtenantproxy.tenancy.sql import ident, literal

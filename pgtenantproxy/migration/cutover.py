@@ -35,17 +35,17 @@ from pgtenantproxy.config import Config
 from pgtenantproxy.dualwrite.capture import installed_tables
 from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, install_reverse_capture
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import IllegalTransition
+from pgtenantproxy.lifecycle.store import read_phase, read_phases
 from pgtenantproxy.migration.cutover_report import ALREADY, FAILED, REFUSED, FenceReport, FenceResult
 from pgtenantproxy.migration.drain import mirror_health, wait_drained
-from pgtenantproxy.migration.errors import IllegalTransition
 from pgtenantproxy.migration.id_blocks import reserve_id_blocks
 from pgtenantproxy.migration.readiness import readiness
-from pgtenantproxy.migration.store import read_phase, read_phases
 from pgtenantproxy.migration.switch import SwitchPlan, run_switch
 from pgtenantproxy.migration.tables import active_tables
 from pgtenantproxy.routing.strategy import percentage_bucket
-from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.errors import describe
 from pgtenantproxy.tenancy.servers import unified_connect_kwargs
 from pgtenantproxy.tenancy.service import TenancyService

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.backfill_sequences import OWNED_SEQUENCES as _OWNED
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.tenancy.sql import ident
 
 logger = logging.getLogger(__name__)

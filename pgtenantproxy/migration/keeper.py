@@ -23,10 +23,10 @@ import asyncpg
 
 from pgtenantproxy.dualwrite.errors import describe
 from pgtenantproxy.dualwrite.status import StatusBook
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.store import read_phases, transition
 from pgtenantproxy.migration.automatic import MirrorFacts, automatic_move
-from pgtenantproxy.migration.errors import MigrationError
-from pgtenantproxy.migration.store import read_phases, transition
 
 logger = logging.getLogger(__name__)
 

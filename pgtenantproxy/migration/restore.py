@@ -39,17 +39,17 @@ import asyncpg
 
 from pgtenantproxy.config import Config
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import IllegalTransition, MigrationError
+from pgtenantproxy.lifecycle.store import read_phase, transition
 from pgtenantproxy.migration import archive as ar
-from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.catch_up import catch_up
-from pgtenantproxy.migration.errors import IllegalTransition, MigrationError
 from pgtenantproxy.migration.retire_gate import shop_rows
 from pgtenantproxy.migration.retire_shop import FAILURES, delete_rows, quiet_session
 from pgtenantproxy.migration.reverse_link import install_reverse_capture, remove_reverse_capture, tenant_admin
-from pgtenantproxy.migration.store import read_phase, transition
 from pgtenantproxy.migration.tables import ordered_tables
 from pgtenantproxy.migration.verify import ShopVerifier
-from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.service import TenancyService
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,10 @@ from collections.abc import Mapping, Sequence
 
 from pgtenantproxy.config import Config
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.migration import phases as ph
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.migration.retire_all import dump_tables, truncate_empty
 from pgtenantproxy.migration.retire_gate import RetirementGate
 from pgtenantproxy.migration.retire_report import (
@@ -36,9 +38,7 @@ from pgtenantproxy.migration.retire_report import (
     ShopRetirement,
 )
 from pgtenantproxy.migration.retire_shop import FAILURES, ShopRetirer
-from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.migration.tables import ordered_tables
-from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.errors import TenancyError
 from pgtenantproxy.tenancy.service import TenancyService
 

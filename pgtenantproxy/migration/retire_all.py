@@ -31,8 +31,8 @@ import asyncpg
 from pgtenantproxy.config import Config
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.embedded import PostgresNotFound, find_bindir
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.archive import MANIFEST, file_digest
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.retire_report import DumpResult
 
 DUMP_FILE = "tenant_tables.dump"

@@ -23,7 +23,7 @@ import asyncpg
 
 from pgtenantproxy.config import MigrationSection
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
 from pgtenantproxy.migration.archive import shop_condition
 from pgtenantproxy.migration.retire_report import ShopRetirement
 from pgtenantproxy.migration.reverse_link import reverse_pending, tenant_admin, wait_reverse_drained

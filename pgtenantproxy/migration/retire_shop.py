@@ -36,13 +36,14 @@ import asyncpg
 from pgtenantproxy.config import Config
 from pgtenantproxy.dualwrite.schema import APPLY_SETTING, FENCE_LOCK
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.store import transition
 from pgtenantproxy.migration import archive as ar
-from pgtenantproxy.migration import phases as ph
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.retire_report import FAILED, RETIRED, ShopRetirement
 from pgtenantproxy.migration.reverse_link import remove_reverse_capture, tenant_admin
-from pgtenantproxy.migration.store import transition
-from pgtenantproxy.tenancy.control_schema import audit, shop_lock_key
+from pgtenantproxy.tenancy.control_schema import shop_lock_key
 from pgtenantproxy.tenancy.service import TenancyService
 
 ACTION = "retire"

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 from pgtenantproxy.dispatch.catalog import set_override
 from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, wait_reverse_drained
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.store import read_phase, transition
 from pgtenantproxy.migration.checkpoints import forget
 from pgtenantproxy.migration.cutover import CutoverContext, switch, switch_sessions
 from pgtenantproxy.migration.cutover_report import ALREADY, DONE, REFUSED, FenceResult
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.restore import restore_shop
-from pgtenantproxy.migration.store import read_phase, transition
 from pgtenantproxy.migration.switch import SwitchPlan
 from pgtenantproxy.migration.tables import active_tables
-from pgtenantproxy.tenancy.control_schema import audit
 
 #: Where one step back leads, by (effective) phase.
 BACK = {

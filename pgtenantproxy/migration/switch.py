@@ -47,12 +47,12 @@ import asyncpg
 from pgtenantproxy.dualwrite import fence
 from pgtenantproxy.dualwrite.schema import FENCE_WRITE
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.instances import wait_seen
+from pgtenantproxy.lifecycle.phases import ShopPhase
+from pgtenantproxy.lifecycle.store import set_fence, transition
 from pgtenantproxy.migration.cutover_report import ABORTED, DONE, FenceResult
 from pgtenantproxy.migration.dirty import differing_keys, dirty_keys
-from pgtenantproxy.migration.errors import MigrationError
-from pgtenantproxy.migration.instances import wait_seen
-from pgtenantproxy.migration.phases import ShopPhase
-from pgtenantproxy.migration.store import set_fence, transition
 from pgtenantproxy.tenancy.control_schema import shop_lock_key
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import asyncpg
 from pgtenantproxy.dualwrite.capture import installed_tables
 from pgtenantproxy.dualwrite.catalog import read_tables
 from pgtenantproxy.dualwrite.sqlgen import TableInfo, dependency_order
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle.errors import MigrationError
 
 
 async def ordered_tables(conn: asyncpg.Connection, *, purpose: str) -> list[TableInfo]:

@@ -40,16 +40,16 @@ import asyncpg
 
 from pgtenantproxy.config import Config, MigrationSection
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.migration import checksums as cs
-from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration.drain import mirror_health, wait_drained
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.keydiff import classify, differing_ranges
 from pgtenantproxy.migration.keyranges import KeyRange
-from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.migration.tables import ordered_tables
 from pgtenantproxy.migration.verify_report import ShopVerification, TableVerification, VerificationReport
-from pgtenantproxy.tenancy.control_schema import audit
 from pgtenantproxy.tenancy.errors import TenancyError
 from pgtenantproxy.tenancy.registry import connect_tenant
 from pgtenantproxy.tenancy.servers import asyncpg_ssl

@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from pgtenantproxy.net.connect import open_server, upstream_tls_context
+from pgtenantproxy.net.endpoint import Endpoint
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.auth import ClientAuth
 from pgtenantproxy.protocol.errors import ProxyError
@@ -29,8 +31,6 @@ from pgtenantproxy.protocol.messages import (
     Query,
     StartupMessage,
 )
-from pgtenantproxy.server.backend import open_server, upstream_tls_context
-from pgtenantproxy.server.endpoint import Endpoint
 
 
 @dataclass(frozen=True)

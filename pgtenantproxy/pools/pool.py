@@ -91,6 +91,24 @@ class TenantPool:
             if conn is not None:
                 return conn
 
+    def try_acquire_now(self) -> ServerConnection | None:
+        """A warm idle connection (used within :data:`HEALTH_CHECK_AFTER`) at once, else None."""
+        now = time.monotonic()
+        idle = self.idle
+        while idle:
+            conn = idle[-1]
+            if not conn.usable:
+                idle.pop()
+                self._discard(conn)
+                continue
+            if now - conn.last_used > HEALTH_CHECK_AFTER or self.waiters:
+                return None
+            idle.pop()
+            self.in_use += 1
+            self.last_used = now
+            return conn
+        return None
+
     async def _take_idle(self) -> ServerConnection | None:
         while self.idle:
             conn = self.idle.pop()

@@ -19,13 +19,23 @@ it is not pinned.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from pgtenantproxy.protocol import constants as c
-from pgtenantproxy.protocol.framing import Message
+from pgtenantproxy.protocol.records import ClientMessage
 
 _EXTENDED = frozenset({c.PARSE, c.BIND, c.DESCRIBE, c.EXECUTE, c.CLOSE})
 _COPY = frozenset({c.COPY_DATA, c.COPY_DONE, c.COPY_FAIL})
+
+
+class UnitKind(enum.StrEnum):
+    EXTENDED = "extended"
+    QUERY = "query"
+    FUNCTION = "function"
+    COPY = "copy"
+    TERMINATE = "terminate"
+    OTHER = "other"
 
 
 @dataclass
@@ -36,10 +46,10 @@ class Unit:
     (one ReadyForQuery owed); ``pinned`` units must go to the unified server.
     """
 
-    messages: list[Message] = field(default_factory=list)
+    messages: list[ClientMessage] = field(default_factory=list)
     complete: bool = False
     pinned: bool = False
-    kind: str = "extended"  # extended | query | function | copy | terminate
+    kind: UnitKind = UnitKind.EXTENDED
 
     def raw(self) -> bytes:
         return b"".join(m.raw() for m in self.messages)
@@ -49,14 +59,14 @@ class BatchAssembler:
     """Feed client messages in order; take out units ready to route."""
 
     def __init__(self) -> None:
-        self._pending: list[Message] = []
+        self._pending: list[ClientMessage] = []
         self._pinned = False  # a Flush released part of the current batch already
 
     @property
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    def feed(self, msg: Message) -> list[Unit]:
+    def feed(self, msg: ClientMessage) -> list[Unit]:
         mtype = msg.type
         if mtype in _EXTENDED:
             self._pending.append(msg)
@@ -70,19 +80,19 @@ class BatchAssembler:
             return [unit]
         out = self._release_pending()
         if mtype == c.QUERY:
-            out.append(Unit([msg], complete=True, kind="query"))
+            out.append(Unit([msg], complete=True, kind=UnitKind.QUERY))
             self._pinned = False  # a simple Query ends whatever extended batch came before it
         elif mtype == c.FUNCTION_CALL:
-            out.append(Unit([msg], complete=True, pinned=True, kind="function"))
+            out.append(Unit([msg], complete=True, pinned=True, kind=UnitKind.FUNCTION))
         elif mtype in _COPY:
-            out.append(Unit([msg], pinned=True, kind="copy"))
+            out.append(Unit([msg], pinned=True, kind=UnitKind.COPY))
         elif mtype == c.TERMINATE:
-            out.append(Unit([msg], pinned=True, kind="terminate"))
+            out.append(Unit([msg], pinned=True, kind=UnitKind.TERMINATE))
         else:
-            out.append(Unit([msg], pinned=True, kind="other"))
+            out.append(Unit([msg], pinned=True, kind=UnitKind.OTHER))
         return out
 
-    def _close(self, sync: Message) -> Unit:
+    def _close(self, sync: ClientMessage) -> Unit:
         self._pending.append(sync)
         unit = Unit(self._pending, complete=True, pinned=self._pinned)
         self._pending, self._pinned = [], False

@@ -24,10 +24,9 @@
 from __future__ import annotations
 
 from pgtenantproxy.protocol import constants as c
-from pgtenantproxy.protocol.batch import Unit
-from pgtenantproxy.protocol.errors import ProtocolViolation
-from pgtenantproxy.protocol.framing import Message
-from pgtenantproxy.protocol.messages import Bind, CloseOrDescribe, Execute, Parse, Query, ReadyForQuery, frame
+from pgtenantproxy.protocol.batch import Unit, UnitKind
+from pgtenantproxy.protocol.messages import Query, ReadyForQuery, frame
+from pgtenantproxy.protocol.records import ClientMessage
 
 COMMAND_COMPLETE = ord("C")
 PARSE_COMPLETE = frame(ord("1"), b"")
@@ -50,43 +49,38 @@ def answerable(unit: Unit) -> bool:
     Only then can :func:`extended_reply` answer it (names must match: the Bind
     uses the Parse's statement, Describe and Execute the Bind's portal).
     """
-    try:
-        return _shape(unit.messages) is not None
-    except ProtocolViolation:
-        return False
+    return _shape(unit.messages) is not None
 
 
-def _shape(messages: list[Message]) -> list[bytes] | None:
+def _shape(messages: list[ClientMessage]) -> list[bytes] | None:
     """The answer per message of an :func:`answerable` unit (None: another shape)."""
     if not messages or messages[-1].type != c.SYNC:
         return None
     out: list[bytes] = []
     parsed: str | None = None
-    bind: Bind | None = None
+    bind: ClientMessage | None = None
     executed = False
     for msg in messages[:-1]:
-        if executed:
+        if executed or msg.malformed:
             return None
         if msg.type == c.PARSE and parsed is None and bind is None:
-            parse = Parse.parse(msg.body)
-            if parse.param_types:
+            if msg.parse is None or msg.parse.param_types:
                 return None
-            parsed = parse.name
+            parsed = msg.name
             out.append(PARSE_COMPLETE)
         elif msg.type == c.BIND and bind is None:
-            bind = Bind.parse(msg.body)
-            if bind.params or (parsed is not None and bind.statement != parsed):
+            if msg.bind is None or msg.bind.params or (parsed is not None and msg.name != parsed):
                 return None
+            bind = msg
             out.append(BIND_COMPLETE)
         elif msg.type == c.DESCRIBE:
-            target = CloseOrDescribe.parse(msg.body)
-            if target.kind == "P" and bind is not None and target.name == bind.portal:
+            if msg.target == "P" and bind is not None and msg.portal == bind.portal:
                 out.append(NO_DATA)
-            elif target.kind == "S" and bind is None and parsed is not None and target.name == parsed:
+            elif msg.target == "S" and bind is None and parsed is not None and msg.name == parsed:
                 out.append(NO_PARAMETERS + NO_DATA)
             else:
                 return None
-        elif msg.type == c.EXECUTE and bind is not None and Execute.parse(msg.body).portal == bind.portal:
+        elif msg.type == c.EXECUTE and bind is not None and msg.portal == bind.portal:
             executed = True
             out.append(b"")  # the CommandComplete: filled in by extended_reply
         else:
@@ -118,7 +112,7 @@ def refusal_sql(sqlstate: str, message: str, hint: str) -> str:
 
 def refusal_unit(sqlstate: str, message: str, hint: str) -> Unit:
     raw = Query(refusal_sql(sqlstate, message, hint)).build()
-    return Unit([Message(raw[0], raw[5:])], complete=True, kind="query")
+    return Unit([ClientMessage.of_query(raw[5:])], complete=True, kind=UnitKind.QUERY)
 
 
 class ReplyFilter:

@@ -26,6 +26,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgtenantproxy.net.endpoint import ConnectionClosed, Endpoint
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol import errors
 from pgtenantproxy.protocol.errors import ProtocolViolation, ProxyError
@@ -42,7 +43,6 @@ from pgtenantproxy.protocol.messages import (
     SSLRequest,
     StartupMessage,
 )
-from pgtenantproxy.server.endpoint import ConnectionClosed, Endpoint
 
 #: What the client may send while authenticating: password/SASL answers, or quit.
 _AUTH_LIMITS = {c.PASSWORD: c.SMALL_MESSAGE_LIMIT, c.TERMINATE: c.SMALL_MESSAGE_LIMIT}

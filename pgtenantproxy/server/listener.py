@@ -18,13 +18,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 from pgtenantproxy.config import Config
+from pgtenantproxy.net.connect import upstream_tls_context
+from pgtenantproxy.net.endpoint import Endpoint
 from pgtenantproxy.protocol import errors
 from pgtenantproxy.protocol.errors import ProxyError
 from pgtenantproxy.protocol.messages import CancelRequest
-from pgtenantproxy.server.backend import upstream_tls_context
 from pgtenantproxy.server.cancel import CancelRegistry
-from pgtenantproxy.server.endpoint import Endpoint
-from pgtenantproxy.server.routed_relay import UnitRouter
+from pgtenantproxy.server.routed import RoutingPort
 from pgtenantproxy.server.session import ClientSession
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def client_tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 class ProxyServer:
-    def __init__(self, config: Config, *, router: UnitRouter | None = None) -> None:
+    def __init__(self, config: Config, *, router: RoutingPort | None = None) -> None:
         self.config = config
         #: Decides where client units go; None = plain session relay to unified.
         self.router = router

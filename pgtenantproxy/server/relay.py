@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pgtenantproxy.net.endpoint import Endpoint
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.errors import ProtocolViolation
 from pgtenantproxy.protocol.framing import FrameScanner
-from pgtenantproxy.server.endpoint import Endpoint
 
 _CLIENT_WATCH = frozenset({c.QUERY, c.SYNC, c.FUNCTION_CALL, c.TERMINATE})
 _ANSWERED = frozenset({c.QUERY, c.SYNC, c.FUNCTION_CALL})

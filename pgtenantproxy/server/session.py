@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import ssl
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
+from pgtenantproxy.config import Config
+from pgtenantproxy.net.connect import open_server, send_cancel
+from pgtenantproxy.net.endpoint import ConnectionClosed, Endpoint
 from pgtenantproxy.protocol import errors
 from pgtenantproxy.protocol.errors import ProtocolViolation, ProxyError
 from pgtenantproxy.protocol.messages import TERMINATE, CancelRequest, StartupMessage
-from pgtenantproxy.server.backend import open_server, send_cancel
-from pgtenantproxy.server.endpoint import ConnectionClosed, Endpoint
+from pgtenantproxy.server.cancel import CancelRegistry
 from pgtenantproxy.server.handshake import (
     Established,
     ServerRefused,
@@ -34,10 +38,8 @@ from pgtenantproxy.server.handshake import (
     relay_authentication,
 )
 from pgtenantproxy.server.relay import Relay
-from pgtenantproxy.server.routed_relay import RoutedRelay, SessionFacts
-
-if TYPE_CHECKING:
-    from pgtenantproxy.server.listener import ProxyServer
+from pgtenantproxy.server.routed import RoutedDriver, RoutingPort
+from pgtenantproxy.session.facts import SessionFacts
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +54,28 @@ def _server_gone() -> ProxyError:
     )
 
 
+class SessionHost(Protocol):
+    """What a session needs from its listener (:class:`~pgtenantproxy.server.listener.ProxyServer`)."""
+
+    config: Config
+    router: RoutingPort | None
+    client_tls: ssl.SSLContext | None
+    upstream_tls: ssl.SSLContext | None
+    cancels: CancelRegistry
+
+    def admit(self, session: ClientSession) -> None: ...
+    def forget(self, session: ClientSession) -> None: ...
+    async def forward_cancel(self, request: CancelRequest) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+
 class ClientSession:
-    def __init__(self, proxy: ProxyServer, client: Endpoint, peer: str) -> None:
+    def __init__(self, proxy: SessionHost, client: Endpoint, peer: str) -> None:
         self.proxy = proxy
         self.client = client
         self.peer = peer
         self.server: Endpoint | None = None
-        self.relay: Relay | RoutedRelay | None = None
+        self.relay: Relay | RoutedDriver | None = None
         self.established: Established | None = None
         self.startup: StartupMessage | None = None
         self._done = asyncio.get_running_loop().create_future()
@@ -120,15 +137,8 @@ class ClientSession:
         else:
             assert self.startup is not None
             facts = SessionFacts(startup=dict(self.startup.params), settings=dict(est.parameters))
-            self.relay = RoutedRelay(
-                self.client,
-                self.server,
-                router,
-                facts,
-                on_violation=self._violation,
-                on_idle=self._close_idle,
-                on_terminate=self._client_terminated,
-                on_tenant_failure=self._tenant_failed,
+            self.relay = RoutedDriver(
+                self.client, self.server, router, facts, on_end=self._routed_end, on_violation=self._violation
             )
         self.relay.start(est.server_leftover, est.client_leftover)
         logger.debug("session %s established (user %s)", self.peer, self.startup and self.startup.user)
@@ -143,7 +153,7 @@ class ClientSession:
             self.server.on_lost = None
             if not self.idle and self.server.is_open:
                 self.cancel_running_query()  # nobody is left to read the answer
-        if isinstance(self.relay, RoutedRelay):
+        if isinstance(self.relay, RoutedDriver):
             self.relay.dispose()  # a transaction pinned to a tenant connection rolls back
         if self.established is not None and self.established.real_key is not None:
             self.proxy.cancels.remove(self.established.real_key.pid, self)
@@ -174,6 +184,15 @@ class ClientSession:
         """A tenant server failed after part of its answer reached the client."""
         self._end()
 
+    def _routed_end(self, reason: str) -> None:
+        """The routed session ended itself: the client terminated, a tenant failed mid-answer, or idle."""
+        if reason == "idle_close":
+            self._close_idle()
+        elif reason == "terminate":
+            self._client_terminated()
+        else:
+            self._tenant_failed()
+
     def _violation(self, exc: ProtocolViolation) -> None:
         logger.warning("session %s: protocol violation from client: %s", self.peer, exc.message)
         self._fail(exc)
@@ -196,7 +215,7 @@ class ClientSession:
     def cancel_running_query(self) -> None:
         """Forward a cancel to whichever server runs this client's query now."""
         relay = self.relay
-        target = relay.cancel_target() if isinstance(relay, RoutedRelay) else None
+        target = relay.cancel_target() if isinstance(relay, RoutedDriver) else None
         if target is None:
             est = self.established
             if est is None or est.real_key is None:
@@ -217,6 +236,8 @@ class ClientSession:
             return  # still starting: closed when the handshake ends
         if relay.idle:
             self._close_idle()
+        elif isinstance(relay, RoutedDriver):
+            relay.close_at_idle()
         else:
             relay.close_when_idle = True
 

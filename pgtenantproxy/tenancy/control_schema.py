@@ -266,33 +266,6 @@ async def ensure_control_schema(conn: asyncpg.Connection) -> int:
     return await control_schema_version(conn)
 
 
-async def audit(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    *,
-    shop_id: int | None,
-    action: str,
-    status: str,
-    step: str | None = None,
-    detail: str | None = None,
-    actor: str | None = None,
-) -> None:
-    """Append one row to ``pgtenantproxy.migration_log`` (the audit log).
-
-    ``actor`` names who asked (the admin API passes its caller); by default the
-    database role of the connection.
-    """
-    await conn.execute(
-        "INSERT INTO pgtenantproxy.migration_log (shop_id, action, step, status, detail, actor)"
-        " VALUES ($1, $2, $3, $4, $5, coalesce($6, current_user))",
-        shop_id,
-        action,
-        step,
-        status,
-        detail,
-        actor,
-    )
-
-
 def shop_lock_key(shop_id: int) -> int:
     """The second int of a shop's advisory lock (folded into int4; collisions only serialise)."""
     folded = shop_id & 0xFFFFFFFF

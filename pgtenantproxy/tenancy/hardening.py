@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from pgtenantproxy.tenancy.control_schema import audit
+from pgtenantproxy.lifecycle.audit import audit
 from pgtenantproxy.tenancy.sql import QualifiedName, ident, literal
 
 TRIGGER = "pgtenantproxy_tenant_immutable"

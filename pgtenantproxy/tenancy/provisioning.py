@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from pgtenantproxy.config import TenancySection
-from pgtenantproxy.migration import phases
-from pgtenantproxy.migration.errors import IllegalTransition
+from pgtenantproxy.lifecycle import phases
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import IllegalTransition
+from pgtenantproxy.lifecycle.store import read_phase, transition
 from pgtenantproxy.tenancy import tenant_objects as objects
 from pgtenantproxy.tenancy.control_schema import (
     CONTROL_LOCK,
@@ -44,7 +46,6 @@ from pgtenantproxy.tenancy.control_schema import (
     PROVISIONED,
     PROVISIONING,
     SHOP_LOCK,
-    audit,
     shop_lock_key,
 )
 from pgtenantproxy.tenancy.errors import InjectedFailure, PlacementError, ProvisioningError, describe
@@ -394,15 +395,11 @@ class Provisioner:
 
 async def _move_phase(conn: asyncpg.Connection, shop_id: int, target: str, reason: str) -> None:
     """Record the shop's phase after a provisioning step (already there: nothing to do)."""
-    from pgtenantproxy.migration.store import transition  # the store imports this package
-
     if (await _read_phase(conn, shop_id)).phase != target:
         await transition(conn, shop_id, target, reason=reason, action="phase")
 
 
 async def _read_phase(conn: asyncpg.Connection, shop_id: int) -> phases.ShopPhase:
-    from pgtenantproxy.migration.store import read_phase  # the store imports this package
-
     return await read_phase(conn, shop_id)
 
 

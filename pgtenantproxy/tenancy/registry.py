@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from pgtenantproxy.tenancy.control_schema import audit
+from pgtenantproxy.lifecycle.audit import audit
 from pgtenantproxy.tenancy.crypto import Keyring, Sealed
 from pgtenantproxy.tenancy.errors import UnknownTenantError
 from pgtenantproxy.tenancy.passwords import alter_role_password_sql, generate_password

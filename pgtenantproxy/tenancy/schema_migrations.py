@@ -35,7 +35,8 @@ from pathlib import Path
 
 import asyncpg
 
-from pgtenantproxy.tenancy.control_schema import PROVISIONED, audit
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.tenancy.control_schema import PROVISIONED
 from pgtenantproxy.tenancy.errors import MigrationError, describe
 from pgtenantproxy.tenancy.servers import ServerDirectory
 

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from pgtenantproxy.config import Config, TenantServerSection, UnifiedSection
-from pgtenantproxy.server.backend import upstream_tls_context
+from pgtenantproxy.net.connect import upstream_tls_context
 from pgtenantproxy.tenancy.errors import PlacementError
 
 APPLICATION_NAME = "pgtenantproxy-control"

@@ -20,8 +20,8 @@ from pgtenantproxy.app import ProxyApp
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.runtime import RoutingRuntime
 from pgtenantproxy.dualwrite.service import DualWriteService
-from pgtenantproxy.migration import phases as ph
-from pgtenantproxy.migration.store import read_phases
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.tenancy.service import TenancyService
 from pgtenantproxy.walkthrough.figures import FigureTaker
 from pgtenantproxy.walkthrough.workload import Workload

@@ -10,7 +10,7 @@
   P50/P95/P99) and reads and writes per shop and source, from the samples of the metrics recorder's
   performance monitor (``app.recorder.monitor``), taken since the last mark;
 * mirror lag and queue per shop (``mirror.status``) and each shop's phase
-  (:func:`pgtenantproxy.migration.store.read_phases`).
+  (:func:`pgtenantproxy.lifecycle.store.read_phases`).
 
 Each :class:`Figures` covers the time since the previous :meth:`FigureTaker.mark`
 (a step marks when its action is done, so the figures show the state it left).
@@ -32,10 +32,10 @@ from rich.table import Table
 from pgtenantproxy.dispatch.dispatcher import RoutingStats
 from pgtenantproxy.dispatch.runtime import RoutingRuntime
 from pgtenantproxy.dualwrite.service import DualWriteService
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.metrics.monitor import GroupStats
-from pgtenantproxy.migration import phases as ph
 from pgtenantproxy.migration import progress as ev
-from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.walkthrough.workload import Counters, Workload
 
 #: Latency rows: (source, is a read) -> label.

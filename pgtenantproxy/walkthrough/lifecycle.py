@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.cutover import CutoverContext, cutover_shops
 from pgtenantproxy.migration.cutover_report import DONE, FenceReport
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.restore import restore_shop
 from pgtenantproxy.migration.retire import retire_shops
 from pgtenantproxy.migration.retire_report import RETIRED, WOULD_RETIRE, RetirementReport

@@ -33,8 +33,8 @@ from rich.table import Table
 from pgtenantproxy.app import ProxyApp, install_uvloop
 from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, wait_reverse_drained
 from pgtenantproxy.dualwrite.service import DualWriteService
-from pgtenantproxy.migration import phases as ph
-from pgtenantproxy.migration.errors import MigrationError
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.migration.verify_report import VerificationReport
 from pgtenantproxy.walkthrough.cluster import APP_DB, APP_USER, Sandbox, load_sample, start_clusters

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from pgtenantproxy.admin.actions import set_reads
 from pgtenantproxy.dispatch.routing_state import RoutingState
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.backfill import backfill_shops
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.walkthrough.context import ACTOR, StepFailed, Walk
 from pgtenantproxy.walkthrough.figures import BackfillLines

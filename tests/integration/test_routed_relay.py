@@ -145,12 +145,13 @@ async def test_shadow_reader_compares_both_sides(two_dbs: PgCluster) -> None:
     import asyncio
 
     from pgtenantproxy.config import PoolsSection
+    from pgtenantproxy.dispatch.shadow import ShadowReader, ShadowResult
     from pgtenantproxy.pools.pool import PoolManager
     from pgtenantproxy.protocol.batch import BatchAssembler
     from pgtenantproxy.protocol.framing import Message
     from pgtenantproxy.protocol.messages import Query
-    from pgtenantproxy.server.shadow import ShadowReader, ShadowResult
-    from pgtenantproxy.server.statements import PreparedStatements
+    from pgtenantproxy.protocol.records import ClientMessage
+    from pgtenantproxy.session.statements import PreparedStatements
 
     async def provide(shop: int, refresh: bool) -> ServerTarget:
         db = "tenant_one" if shop == 1 else "app"
@@ -165,7 +166,7 @@ async def test_shadow_reader_compares_both_sides(two_dbs: PgCluster) -> None:
 
     def unit(sql: str):  # type: ignore[no-untyped-def]
         raw = Query(sql).build()
-        return BatchAssembler().feed(Message(raw[0], raw[5:]))[0]
+        return BatchAssembler().feed(ClientMessage.of(Message(raw[0], raw[5:])))[0]
 
     for sql in ("SELECT shop_id, at FROM place", "SELECT name FROM place"):
         shadow.submit(unit(sql), PreparedStatements(), {}, shop_id=1, ordered=False,

@@ -16,8 +16,9 @@ from pgtenantproxy.protocol.batch import BatchAssembler, Unit
 from pgtenantproxy.protocol.framing import Message, MessageReader
 from pgtenantproxy.protocol.local_answers import ReplyFilter, answerable, extended_reply
 from pgtenantproxy.protocol.messages import CloseOrDescribe, Parse, Query, ReadyForQuery, frame
-from pgtenantproxy.server.statements import PreparedStatements
-from pgtenantproxy.server.unified_statements import UnifiedStatements
+from pgtenantproxy.protocol.records import ClientMessage
+from pgtenantproxy.session.statements import PreparedStatements
+from pgtenantproxy.session.unified_statements import UnifiedStatements
 
 
 def parse(name: str, sql: str, *types: int) -> bytes:
@@ -49,7 +50,7 @@ def unit_of(*parts: bytes) -> Unit:
     assembler = BatchAssembler()
     units: list[Unit] = []
     while (msg := reader.next_message()) is not None:
-        units += assembler.feed(msg)
+        units += assembler.feed(ClientMessage.of(msg))
     assert len(units) == 1
     return units[0]
 
@@ -103,7 +104,7 @@ def test_other_shapes_are_not_answered(parts: tuple[bytes, ...]) -> None:
 
 def test_a_simple_query_or_flush_split_unit_is_not_an_extended_shape() -> None:
     assert not answerable(unit_of(Query("BEGIN").build()))
-    assert not answerable(Unit([Message(c.BIND, bind("", "b")[5:]), Message(c.FLUSH, b"")], complete=False))
+    assert not answerable(Unit([_msg(bind("", "b")), _msg(FLUSH)], complete=False))
     with pytest.raises(ValueError):
         extended_reply(unit_of(parse("", "BEGIN"), SYNC), "BEGIN", c.TX_IN_BLOCK)
 
@@ -127,28 +128,27 @@ def test_quiet_filter_drops_a_whole_batch_but_notices(cut: int) -> None:
     assert seen == client == notice and rest == after
 
 
-def _msg(raw: bytes) -> Message:
-    return Message(raw[0], raw[5:])
+def _msg(raw: bytes) -> ClientMessage:
+    return ClientMessage.of(Message(raw[0], raw[5:]))
 
 
 def test_unified_statements_prepares_what_unified_has_not_seen() -> None:
     client = PreparedStatements()
     for name, sql in (("a", "SELECT 1"), ("b", "SELECT 2")):
-        client.parsed(Parse(name, sql, ()), _msg(parse(name, sql)))
+        client.parsed(_msg(parse(name, sql)))
     unified = UnifiedStatements()
     unified.sent(unit_of(parse("a", "SELECT 1"), SYNC))
     uses = unit_of(bind("", "a"), execute(), bind("", "b"), execute(), describe("S", "b"), SYNC)
     plan = unified.preparation(uses, client)
-    assert [(chr(m.type), m.body) for m in plan] == [
-        ("C", b"Sb\0"), ("P", parse("b", "SELECT 2")[5:])]
-    assert unified.preparation(uses, client) == []  # recorded as sent
+    assert messages(plan) == [("C", b"Sb\0"), ("P", parse("b", "SELECT 2")[5:])]
+    assert unified.preparation(uses, client) == b""  # recorded as sent
     # a statement re-parsed by the client with another text, a Close, a DEALLOCATE
-    client.parsed(Parse("a", "SELECT 3", ()), _msg(parse("a", "SELECT 3")))
-    assert [m.type for m in unified.preparation(unit_of(bind("", "a"), execute(), SYNC), client)] == [
-        c.CLOSE, c.PARSE]
+    client.parsed(_msg(parse("a", "SELECT 3")))
+    assert [m[0] for m in messages(unified.preparation(unit_of(bind("", "a"), execute(), SYNC), client))] == [
+        "C", "P"]
     unified.sent(unit_of(frame(c.CLOSE, CloseOrDescribe("S", "a").build_close()[5:]), SYNC))
     unified.sent(unit_of(Query("DEALLOCATE b").build()))
-    assert len(unified.preparation(uses, client)) == 4
+    assert len(messages(unified.preparation(uses, client))) == 4
     # parsed in the same unit, or unknown to the client too: nothing to do (the server answers)
-    assert unified.preparation(unit_of(parse("z", "SELECT 9"), bind("", "z"), execute(), SYNC), client) == []
-    assert unified.preparation(unit_of(bind("", "nope"), execute(), SYNC), client) == []
+    assert unified.preparation(unit_of(parse("z", "SELECT 9"), bind("", "z"), execute(), SYNC), client) == b""
+    assert unified.preparation(unit_of(bind("", "nope"), execute(), SYNC), client) == b""

@@ -30,8 +30,8 @@ import asyncpg
 from pgtenantproxy.config import Config, parse_config
 from pgtenantproxy.dualwrite.service import DualWriteService
 from pgtenantproxy.embedded import PgCluster, create_cluster
-from pgtenantproxy.migration.phases import MIRRORING
-from pgtenantproxy.migration.store import force_phase
+from pgtenantproxy.lifecycle.phases import MIRRORING
+from pgtenantproxy.lifecycle.store import force_phase
 from pgtenantproxy.tenancy.service import TenancyService
 
 HERE = Path(__file__).parent

@@ -21,8 +21,8 @@ import pytest
 
 from pgtenantproxy.dualwrite import fence
 from pgtenantproxy.dualwrite.service import DualWriteService
-from pgtenantproxy.migration.phases import MIRRORING, TENANT_PRIMARY
-from pgtenantproxy.migration.store import force_phase
+from pgtenantproxy.lifecycle.phases import MIRRORING, TENANT_PRIMARY
+from pgtenantproxy.lifecycle.store import force_phase
 from pgtenantproxy.tenancy.registry import TenantCredentials
 from tests.integration.dualwrite.bed import HERE, MirrorBed, differences
 

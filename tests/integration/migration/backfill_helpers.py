@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pgtenantproxy.dualwrite.service import DualWriteService
-from pgtenantproxy.migration.store import read_phases
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.tenancy.service import TenancyService
 from tests.integration.dualwrite.bed import MirrorBed
 

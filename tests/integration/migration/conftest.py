@@ -18,8 +18,8 @@ import pytest
 
 from pgtenantproxy.dualwrite.capture import disable_capture
 from pgtenantproxy.dualwrite.service import DualWriteService
-from pgtenantproxy.migration.phases import PROVISIONED
-from pgtenantproxy.migration.store import force_phase
+from pgtenantproxy.lifecycle.phases import PROVISIONED
+from pgtenantproxy.lifecycle.store import force_phase
 from tests.integration.dualwrite.bed import HERE, SHOPS, TABLES, MirrorBed, make_bed
 
 

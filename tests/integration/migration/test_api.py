@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pgtenantproxy.migration.store import set_fence
+from pgtenantproxy.lifecycle.store import set_fence
 from tests.fixtures.app import AppThread, http, wait_until
 from tests.integration.dualwrite.bed import MirrorBed, differences
 from tests.integration.migration.test_phases import app_config

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pgtenantproxy.dualwrite.service import DualWriteService
+from pgtenantproxy.lifecycle.phases import BACKFILLED, PROVISIONED, UNIFIED
+from pgtenantproxy.lifecycle.store import force_phase
 from pgtenantproxy.migration import checkpoints
 from pgtenantproxy.migration.backfill import backfill_shops
-from pgtenantproxy.migration.phases import BACKFILLED, PROVISIONED, UNIFIED
 from pgtenantproxy.migration.progress import CHUNK, ESTIMATE, SHOP_DONE, SHOP_STARTED, ProgressEvent
-from pgtenantproxy.migration.store import force_phase
 from tests.integration.dualwrite.bed import SHOPS, TABLES, MirrorBed, differences
 from tests.integration.migration.backfill_helpers import control_plane, phases, tenant_insert_ids
 

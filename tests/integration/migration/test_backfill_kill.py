@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pgtenantproxy.lifecycle.phases import BACKFILLING, MIRRORING
 from pgtenantproxy.migration import checkpoints
-from pgtenantproxy.migration.phases import BACKFILLING, MIRRORING
 from tests.integration.dualwrite.bed import MirrorBed, differences
 from tests.integration.migration.backfill_helpers import following_mirror, phases
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from pgtenantproxy.lifecycle.phases import MIRRORING
 from pgtenantproxy.migration.backfill import backfill_shops
 from pgtenantproxy.migration.backfill_report import BackfillReport
-from pgtenantproxy.migration.phases import MIRRORING
 from pgtenantproxy.migration.verify import verify_shops
 from tests.fixtures.proxy import ProxyThread, proxy_config
 from tests.integration.dualwrite.bed import DATABASE, SHOPS, MirrorBed, differences, run_pgbench, table_count

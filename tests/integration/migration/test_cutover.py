@@ -16,12 +16,12 @@ import asyncpg
 import pytest
 
 from pgtenantproxy.dualwrite.service import DualWriteService
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.store import read_phase, transition
 from pgtenantproxy.migration.backfill import backfill_shops
 from pgtenantproxy.migration.cutover import CutoverContext, cutover_shops
 from pgtenantproxy.migration.cutover_report import ABORTED, ALREADY, DONE, REFUSED
 from pgtenantproxy.migration.rollback import rollback_shops
-from pgtenantproxy.migration.store import read_phase, transition
 from pgtenantproxy.tenancy.errors import UnknownTenantError
 from pgtenantproxy.tenancy.service import TenancyService
 from tests.integration.dualwrite.bed import MirrorBed, differences

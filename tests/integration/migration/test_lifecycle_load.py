@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from pgtenantproxy.dualwrite.reverse import connect_tenant_admin, reverse_pending, wait_reverse_drained
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.migration.backfill import backfill_shops
 from pgtenantproxy.migration.cutover import CutoverContext, cutover_shops
 from pgtenantproxy.migration.cutover_report import DONE
@@ -26,7 +27,6 @@ from pgtenantproxy.migration.drain import wait_drained
 from pgtenantproxy.migration.restore import restore_shop
 from pgtenantproxy.migration.retire import retire_shops
 from pgtenantproxy.migration.rollback import rollback_shops
-from pgtenantproxy.migration.store import read_phases
 from pgtenantproxy.tenancy.service import TenancyService
 from tests.fixtures.app import AppThread, wait_until
 from tests.integration.dualwrite.bed import DATABASE, SHOPS, MirrorBed, differences

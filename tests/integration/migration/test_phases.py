@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from pgtenantproxy.migration import phases as ph
-from pgtenantproxy.migration.errors import IllegalTransition, PhaseConflict
-from pgtenantproxy.migration.store import force_phase, read_phase, transition
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.errors import IllegalTransition, PhaseConflict
+from pgtenantproxy.lifecycle.store import force_phase, read_phase, transition
 from tests.fixtures.app import TEST_LISTEN, AppThread, wait_until
 from tests.integration.dualwrite.bed import MirrorBed
 

@@ -22,16 +22,16 @@ from typing import Any
 import pytest
 
 from pgtenantproxy.config import Config
+from pgtenantproxy.lifecycle.phases import MIRRORING, RETIRED, TENANT_PRIMARY
+from pgtenantproxy.lifecycle.store import force_phase
 from pgtenantproxy.migration.archive import ArchiveError, shop_dir
 from pgtenantproxy.migration.backfill import backfill_shops
-from pgtenantproxy.migration.phases import MIRRORING, RETIRED, TENANT_PRIMARY
 from pgtenantproxy.migration.restore import restore_shop
 from pgtenantproxy.migration.retire import retire_shops
 from pgtenantproxy.migration.retire_all import pg_dump_path
 from pgtenantproxy.migration.retire_report import BLOCKED, WOULD_RETIRE
 from pgtenantproxy.migration.retire_report import RETIRED as RETIRED_STATUS
 from pgtenantproxy.migration.reverse_link import remove_reverse_capture, reverse_capture_installed
-from pgtenantproxy.migration.store import force_phase
 from pgtenantproxy.tenancy.service import TenancyService
 from tests.integration.dualwrite.bed import SHOPS, TABLES, MirrorBed, differences, shop_rows
 from tests.integration.migration.backfill_helpers import phases

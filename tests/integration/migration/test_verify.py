@@ -21,10 +21,10 @@ import pytest
 
 from pgtenantproxy.dualwrite.catalog import read_tables
 from pgtenantproxy.dualwrite.service import DualWriteService
+from pgtenantproxy.lifecycle.phases import MIRRORING, PROVISIONED
+from pgtenantproxy.lifecycle.store import force_phase
 from pgtenantproxy.migration import checksums as cs
 from pgtenantproxy.migration.keyranges import boundaries, ranges
-from pgtenantproxy.migration.phases import MIRRORING, PROVISIONED
-from pgtenantproxy.migration.store import force_phase
 from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.migration.verify_report import ShopVerification, TableVerification, VerificationReport
 from pgtenantproxy.tenancy.service import TenancyService

@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgtenantproxy.migration.phases import MIRRORING, READS_ON_TENANT, TENANT_PRIMARY
-from pgtenantproxy.migration.store import force_phase, set_fence
+from pgtenantproxy.lifecycle.phases import MIRRORING, READS_ON_TENANT, TENANT_PRIMARY
+from pgtenantproxy.lifecycle.store import force_phase, set_fence
 from tests.fixtures.proxy import ProxyThread
 from tests.fixtures.shopdata import copy_shops
 from tests.fixtures.tenancy import DATABASE, TenancyBed

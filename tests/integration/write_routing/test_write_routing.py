@@ -18,7 +18,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgtenantproxy.migration.phases import TENANT_PRIMARY
+from pgtenantproxy.lifecycle.phases import TENANT_PRIMARY
 from tests.fixtures.proxy import ProxyThread
 from tests.fixtures.tenancy import DATABASE
 from tests.integration.write_routing.conftest import WriteBed

@@ -17,7 +17,7 @@ from pgtenantproxy.metrics.histogram import LATENCY_BUCKETS
 from pgtenantproxy.metrics.recorder import QueryRecorder
 from pgtenantproxy.metrics.shops import ShopSeries
 from pgtenantproxy.routing import Analyser
-from pgtenantproxy.server.routed_relay import Decision
+from pgtenantproxy.session.decision import ToTenant, ToUnified
 
 TENANT_TABLES = frozenset({"public.repairs", "public.customers"})
 
@@ -43,10 +43,10 @@ def _exposition(rec: QueryRecorder) -> dict[str, Any]:
 
 def test_histogram_labels_and_buckets() -> None:
     rec, _ = _recorder()
-    rec.record(None, None, Decision("tenant", 3, "tenant", "query", "select", "repairs"), "ok", 0.0003)
-    rec.record(None, None, Decision("tenant", 3, "tenant", "query", "select", "public.repairs"), "ok", 0.002)
-    rec.record(None, None, Decision("unified", None, "no_shop", None, "insert", "plans"), "error", 0.02)
-    rec.record(None, None, Decision("unified", None, "empty", None, "other", ""), "ok", 20.0)
+    rec.record(None, None, ToTenant(3, "tenant", "query", "select", "repairs"), "ok", 0.0003)
+    rec.record(None, None, ToTenant(3, "tenant", "query", "select", "public.repairs"), "ok", 0.002)
+    rec.record(None, None, ToUnified(None, "no_shop", None, "insert", "plans"), "error", 0.02)
+    rec.record(None, None, ToUnified(None, "empty", None, "other", ""), "ok", 20.0)
     family = _exposition(rec)["pgtenantproxy_query_duration_seconds"]
     series: dict[tuple[str, ...], dict[str, float]] = {}
     for s in family.samples:
@@ -68,7 +68,7 @@ def test_table_labels_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(recorder_module, "MAX_TABLE_LABELS", 1)
     rec, _ = _recorder()
     for table in ("repairs", "customers", "customers"):
-        rec.record(None, None, Decision("unified", 1, "x", None, "select", table), "ok", 0.001)
+        rec.record(None, None, ToUnified(1, "x", None, "select", table), "ok", 0.001)
     assert {h.labels[3] for h in rec.by_labels.values()} == {"repairs", "other"}
 
 
@@ -108,7 +108,7 @@ def test_slow_queries_are_logged_by_fingerprint_never_by_value(caplog: pytest.Lo
     rec, clock = _recorder(slow_query_threshold_ms=100)
     rec.fingerprint = lambda unit, facts: analyser.analyse(unit).fingerprint or "?"
     sql = "SELECT * FROM repairs WHERE shop_id = 4 AND notes = 'card 4111-1111'"
-    decision = Decision("tenant", 4, "tenant", "query", "select", "repairs")
+    decision = ToTenant(4, "tenant", "query", "select", "repairs")
     with caplog.at_level(logging.WARNING, logger="pgtenantproxy.metrics.recorder"):
         rec.record(sql, None, decision, "ok", 0.05)
         assert not caplog.records

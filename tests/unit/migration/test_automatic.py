@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgtenantproxy.migration import phases as ph
+from pgtenantproxy.lifecycle import phases as ph
 from pgtenantproxy.migration.automatic import MirrorFacts, automatic_move
 
 HEALTHY = MirrorFacts(caught_up=True, degraded=False)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgtenantproxy.migration import phases as ph
-from pgtenantproxy.migration.errors import IllegalTransition
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.errors import IllegalTransition
 
 MAIN_LINE = [ph.UNIFIED, ph.PROVISIONED, ph.BACKFILLING, ph.BACKFILLED, ph.MIRRORING, ph.READS_ON_TENANT,
              ph.TENANT_PRIMARY, ph.RETIRED]

@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from pgtenantproxy.dualwrite.sqlgen import ColumnInfo, TableInfo
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration import checksums as cs
-from pgtenantproxy.migration import phases as ph
-from pgtenantproxy.migration.errors import MigrationError
 from pgtenantproxy.migration.keydiff import (
     CHANGED,
     EXTRA,

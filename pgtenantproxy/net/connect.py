@@ -12,10 +12,10 @@ import logging
 import ssl
 from typing import Protocol
 
+from pgtenantproxy.net.endpoint import ConnectionClosed, Endpoint
 from pgtenantproxy.protocol import errors
 from pgtenantproxy.protocol.errors import ProxyError
 from pgtenantproxy.protocol.messages import CancelRequest, SSLRequest
-from pgtenantproxy.server.endpoint import ConnectionClosed, Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +94,25 @@ async def _negotiate_tls(endpoint: Endpoint, tls: ssl.SSLContext, cfg: ServerAdd
     )
 
 
-async def send_cancel(host: str, port: int, pid: int, key: bytes, *, timeout: float = 5.0) -> None:
-    """Send a CancelRequest on a fresh connection; failures are logged, not raised."""
+#: How long a forwarded CancelRequest may take (connect, send, the server's close).
+CANCEL_TIMEOUT = 5.0
+
+
+async def send_cancel(host: str, port: int, pid: int, key: bytes, *, timeout: float = CANCEL_TIMEOUT) -> None:
+    """Send a CancelRequest on a fresh connection and wait until the server closes it.
+
+    PostgreSQL signals the backend before it closes, so on return the cancel has
+    landed. Failures (and the timeout) are logged, not raised.
+    """
+    writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(CancelRequest(pid, key).build())
             await writer.drain()
             await reader.read()  # the server closes when done
-            writer.close()
     except (OSError, TimeoutError) as exc:
-        logger.warning("cancel request to %s:%s for pid %s failed: %s", host, port, pid, exc)
+        logger.warning("cancel request to %s:%s for pid %s failed: %s", host, port, pid, str(exc) or "timed out")
+    finally:
+        if writer is not None:
+            writer.close()

@@ -22,9 +22,9 @@ from collections.abc import Collection
 
 import asyncpg
 
-from pgtenantproxy.migration import phases as ph
-from pgtenantproxy.migration.errors import IllegalTransition, PhaseConflict
-from pgtenantproxy.tenancy.control_schema import audit
+from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.audit import audit
+from pgtenantproxy.lifecycle.errors import IllegalTransition, PhaseConflict
 
 _COLUMNS = ("shop_id, phase, version, resume_phase, reason, changed_at, actor, epoch,"
             " fence = 'holding' AND fence_until > clock_timestamp() AS holding")

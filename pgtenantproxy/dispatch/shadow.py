@@ -18,31 +18,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pgtenantproxy.net.endpoint import ConnectionClosed
 from pgtenantproxy.pools.pool import TenantPool
+from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit
 from pgtenantproxy.protocol.digest import ResultDigest, Summary
-from pgtenantproxy.server.endpoint import FlowPeer
-from pgtenantproxy.server.statements import PreparedStatements
-from pgtenantproxy.server.tenant_batch import Outcome, TenantBatch
+from pgtenantproxy.protocol.errors import ProxyError
+from pgtenantproxy.session.statements import PreparedStatements
+from pgtenantproxy.session.tenant_unit import Outcome, TenantUnit
 
 logger = logging.getLogger(__name__)
-
-
-class Collector:
-    """An answer sink that only digests what it receives."""
-
-    def __init__(self, *, ordered: bool) -> None:
-        self.digest = ResultDigest(ordered=ordered)
-        self.peer: FlowPeer | None = None
-
-    def write(self, data: bytes) -> None:
-        self.digest.feed(data)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -133,19 +118,31 @@ class ShadowReader:
             logger.exception("shadow-read result handler failed")
 
     async def _run(self, pool: TenantPool, request: ShadowRequest) -> Summary | None:
-        sink = Collector(ordered=request.ordered)
-        batch = TenantBatch(
-            sink, pool, request.unit, request.statements, request.settings, timeout=self.timeout
-        )
+        """Run the unit on a connection of ``pool`` (the same request a routed unit makes) and digest it."""
         try:
-            outcome = await batch.run()
-        except Exception:
-            logger.debug("shadow read failed", exc_info=True)
+            conn = await pool.acquire()
+        except (ProxyError, OSError, TimeoutError) as exc:
+            logger.info("shadow read did not complete: connect: %s", exc)
             return None
-        if outcome is not Outcome.DONE or not sink.digest.done:
-            logger.info("shadow read did not complete: %s", batch.error or outcome.value)
+        work = TenantUnit(request.unit, request.statements, request.settings)
+        digest = ResultDigest(ordered=request.ordered)
+        reusable = False
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn.endpoint.write(work.request(conn))
+                while not work.done:
+                    digest.feed(work.feed(await conn.endpoint.receive()))
+            reusable = work.status == c.TX_IDLE
+        except (ProxyError, OSError, ConnectionClosed, TimeoutError) as exc:
+            logger.info("shadow read did not complete: %s", exc)
             return None
-        return sink.digest.summary()
+        finally:
+            pool.release(conn, reusable=reusable)
+        if work.outcome() is not Outcome.DONE:
+            logger.info("shadow read did not complete: %s", work.prep_failed or "tenant error")
+            return None
+        digest.feed(work.release())
+        return digest.summary() if digest.done else None
 
     async def close(self) -> None:
         for task in list(self._tasks):

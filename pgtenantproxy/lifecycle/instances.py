@@ -2,7 +2,7 @@
 
 Every proxy's routing catalog, after each refresh, records in
 ``pgtenantproxy.proxy_instances`` a heartbeat and the newest phase epoch
-(:func:`pgtenantproxy.migration.store.current_epoch`) its snapshot contains.
+(:func:`pgtenantproxy.lifecycle.store.current_epoch`) its snapshot contains.
 :func:`wait_seen` waits until every *live* instance (heartbeat within
 ``live_s``) has seen an epoch: from then on no proxy routes by an older phase
 or fence. An instance that stopped heartbeating is not waited for: if it still

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from pgtenantproxy.migration.errors import IllegalTransition
+from pgtenantproxy.lifecycle.errors import IllegalTransition
 
 UNIFIED = "unified"
 PROVISIONED = "provisioned"

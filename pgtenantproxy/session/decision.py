@@ -1,0 +1,114 @@
+"""The router's answer for one unit: where it runs, or what the proxy does instead.
+
+One small frozen dataclass per kind of answer, all sharing the labels metrics
+and the readiness recorder read (:class:`Decision`):
+
+* :class:`ToUnified`: the session's own (unified) server;
+* :class:`ToTenant`: shop N's database (``primary``: a cut-over shop's unit, which
+  may write and open a transaction there and never falls back);
+* :class:`Refuse`: raise :attr:`Refuse.error` instead, on the server holding the
+  session's transaction;
+* :class:`Hold`: wait while the shop's cutover hold lasts, then decide again;
+* :class:`AnswerBegin` / :class:`AnswerEnd`: the proxy answers a lazy BEGIN (and a
+  COMMIT/ROLLBACK right after it) itself;
+* :class:`Aside`: Parse/Describe only, run on unified outside the deferred
+  transaction (the client's ReadyForQuery says it is still in one).
+
+:attr:`Decision.target` is a :class:`Target` (a label for metrics), fixed per
+class; code dispatches on the class (``match``), never on strings.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+
+class Target(enum.StrEnum):
+    UNIFIED = "unified"
+    TENANT = "tenant"
+    REFUSE = "refuse"
+    HOLD = "hold"
+    BEGIN = "begin"
+    LOCAL = "local"
+    ASIDE = "aside"
+
+
+class Refusal(NamedTuple):
+    """An error the proxy raises instead of running a unit."""
+
+    sqlstate: str
+    message: str
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    shop_id: int | None = None
+    reason: str = ""
+    source: str | None = None
+    #: For metrics: the unit's statement kind (select|insert|update|delete|other) and first table.
+    kind: str = "other"
+    table: str = ""
+    #: What the router wants back in ``completed`` (the readiness recorder's note); opaque here.
+    note: object | None = None
+
+    target: ClassVar[Target]
+
+    @property
+    def tenant(self) -> bool:
+        return self.target is Target.TENANT
+
+
+@dataclass(frozen=True, slots=True)
+class ToUnified(Decision):
+    target: ClassVar[Target] = Target.UNIFIED
+
+
+@dataclass(frozen=True, slots=True)
+class ToTenant(Decision):
+    #: A tenant_primary shop's unit: may write and open a transaction there; never falls back.
+    primary: bool = False
+    target: ClassVar[Target] = Target.TENANT
+
+
+_NO_REFUSAL = Refusal("0A000", "", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse(Decision):
+    error: Refusal = _NO_REFUSAL
+    target: ClassVar[Target] = Target.REFUSE
+
+
+@dataclass(frozen=True, slots=True)
+class Hold(Decision):
+    #: Is the shop still held (polled), and the longest wait in seconds.
+    held: Callable[[], bool] = bool
+    hold_s: float = 0.0
+    target: ClassVar[Target] = Target.HOLD
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerBegin(Decision):
+    #: The command tag the proxy answers with, and the BEGIN's SQL replayed where the transaction runs.
+    tag: str = "BEGIN"
+    begin_sql: str = "BEGIN"
+    target: ClassVar[Target] = Target.BEGIN
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerEnd(Decision):
+    tag: str = "COMMIT"
+    target: ClassVar[Target] = Target.LOCAL
+
+
+@dataclass(frozen=True, slots=True)
+class Aside(Decision):
+    target: ClassVar[Target] = Target.ASIDE
+
+
+#: Units the session must keep on unified (after a Flush, COPY, a FunctionCall...).
+UNIFIED_PINNED = ToUnified(reason="pinned")

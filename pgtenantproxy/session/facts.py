@@ -1,0 +1,38 @@
+"""What the router may look at about a session (:class:`SessionFacts`), kept by the machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pgtenantproxy.protocol import constants as c
+from pgtenantproxy.session.statements import PreparedStatements
+
+#: Session settings a tenant connection must share with the client's session.
+SHARED_SETTINGS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings")
+
+
+@dataclass
+class SessionFacts:
+    """What the router may look at about a session.
+
+    The machine is the only writer of every field but ``router_state`` (the
+    router's own): ``tx_status`` from unified's last ReadyForQuery,
+    ``settings`` from unified's ParameterStatus, ``statements`` from the
+    client's Parse/Close/DEALLOCATE, ``pinned_shop`` / ``deferred_begin`` from
+    where the session's transaction is (:class:`~pgtenantproxy.session.state.TxPlace`).
+    """
+
+    startup: dict[str, str]
+    statements: PreparedStatements = field(default_factory=PreparedStatements)
+    settings: dict[str, str] = field(default_factory=dict)
+    tx_status: int = c.TX_IDLE
+    #: Anything the router keeps per session (SET shop tracking, watermarks...).
+    router_state: object | None = None
+    #: The shop whose tenant connection holds this session's open transaction, if any.
+    pinned_shop: int | None = None
+    #: The SQL of a BEGIN the proxy answered itself and has not sent anywhere yet (lazy BEGIN).
+    deferred_begin: str | None = None
+
+    def shared_settings(self) -> dict[str, str]:
+        """The settings a tenant connection must share with this session."""
+        return {k: v for k, v in self.settings.items() if k in SHARED_SETTINGS}
