@@ -1,4 +1,4 @@
-"""pgbench through nothing, through pgtenantproxy, and through PgBouncer, side by side.
+"""pgbench through nothing, pgtenantproxy, a bare Python forwarder and PgBouncer, side by side.
 
 Usage (from a checkout, with the package's dependencies installed)::
 
@@ -6,11 +6,15 @@ Usage (from a checkout, with the package's dependencies installed)::
     python bench/pgbench_compare.py --quick    # 2 rounds x 3 s: a smoke run
 
 Method: one throwaway cluster (``pgbench -i -s 10``), the proxy in its own
-process, PgBouncer (if installed) in its own process. For each workload, each
-round runs pgbench once against every target, the order rotating from round
-to round, so that background load and drift hit every target alike. Ratios
-and latency overheads are computed within a round (target vs direct, same
-round) and summarised by their median over rounds.
+process, a bare asyncio + uvloop byte forwarder (``bench/forwarder.py``, no
+parsing at all: the "Python floor") in its own process, PgBouncer (if
+installed) in its own process. For each workload, each round runs pgbench
+once against every target, the order rotating from round to round, so that
+background load and drift hit every target alike. Ratios and latency
+overheads are computed within a round (target vs direct, and the proxy vs the
+forwarder, same round) and summarised by their median over rounds. The CPU
+time of each serving process (utime + stime from ``/proc/<pid>/stat``) is read
+before and after each run and divided by the transactions pgbench reports.
 
 Results: a markdown table on stdout, the raw figures as JSON in
 ``bench/results/``. Loopback only; passwords never printed.
@@ -42,6 +46,7 @@ from targets import (
     pgbench_path,
     pgbouncer_version,
     start_cluster,
+    start_forwarder,
     start_pgbouncer,
     start_proxy,
 )
@@ -97,21 +102,25 @@ class WorkloadResult:
     def median_latency_ms(self, target: str) -> float:
         return statistics.median(r.latency_ms for r in self.by_round(target).values())
 
-    def ratio(self, target: str) -> float:
-        """Median over rounds of TPS(target) / TPS(direct) in the same round."""
-        direct = self.by_round("direct")
-        pairs = [(run.tps, direct[n].tps) for n, run in self.by_round(target).items() if n in direct]
-        return statistics.median(t / d for t, d in pairs)
+    def has(self, target: str) -> bool:
+        return any(r.target == target for r in self.runs)
+
+    def ratio(self, target: str, reference: str = "direct") -> float:
+        """Median over rounds of TPS(target) / TPS(reference) in the same round."""
+        ref = self.by_round(reference)
+        pairs = [(run.tps, ref[n].tps) for n, run in self.by_round(target).items() if n in ref]
+        return statistics.median(t / r for t, r in pairs)
 
     def cpu_us_per_tx(self, target: str) -> float | None:
         """Median CPU time of the target's own process per transaction (None for direct)."""
         values = [r.cpu_us_per_tx for r in self.by_round(target).values() if r.cpu_us_per_tx is not None]
         return statistics.median(values) if values else None
 
-    def overhead_us(self, target: str) -> float:
-        """Median over rounds of mean latency(target) - mean latency(direct), in microseconds."""
-        direct = self.by_round("direct")
-        diffs = [(run.latency_ms - direct[n].latency_ms) * 1000 for n, run in self.by_round(target).items()]
+    def overhead_us(self, target: str, reference: str = "direct") -> float:
+        """Median over rounds of mean latency(target) - mean latency(reference), in microseconds."""
+        ref = self.by_round(reference)
+        diffs = [(run.latency_ms - ref[n].latency_ms) * 1000
+                 for n, run in self.by_round(target).items() if n in ref]
         return statistics.median(diffs)
 
 
@@ -142,7 +151,7 @@ def run_pgbench(bench: BenchCluster, target: Target, workload: Workload, duratio
 def run_workload(
     bench: BenchCluster, targets: dict[str, Target], workload: Workload, rounds: int, duration: int
 ) -> WorkloadResult:
-    names = [n for n in ("direct", "proxy", "baseline", workload.pgbouncer) if n in targets]
+    names = [n for n in ("direct", "proxy", "baseline", "forwarder", workload.pgbouncer) if n in targets]
     result = WorkloadResult(workload)
     for n in range(rounds):
         order = names[n % len(names):] + names[: n % len(names)]
@@ -165,10 +174,15 @@ def _has_baseline(results: list[WorkloadResult]) -> bool:
     return any(r.target == "baseline" for res in results for r in res.runs)
 
 
+def _has_forwarder(results: list[WorkloadResult]) -> bool:
+    return any(res.has("forwarder") for res in results)
+
+
 def throughput_table(results: list[WorkloadResult]) -> list[str]:
-    baseline = _has_baseline(results)
+    baseline, forwarder = _has_baseline(results), _has_forwarder(results)
     head = ["workload", "direct TPS", "proxy TPS (ratio)"]
     head += ["baseline TPS (ratio)"] if baseline else []
+    head += ["forwarder TPS (ratio)", "proxy / forwarder"] if forwarder else []
     head += ["PgBouncer TPS (ratio)", "proxy ratio / PgBouncer ratio"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for res in results:
@@ -178,6 +192,11 @@ def throughput_table(results: list[WorkloadResult]) -> list[str]:
                f"{res.median_tps('proxy'):.0f} ({res.ratio('proxy'):.3f})"]
         if baseline:
             row.append(f"{res.median_tps('baseline'):.0f} ({res.ratio('baseline'):.3f})")
+        if forwarder and res.has("forwarder"):
+            row += [f"{res.median_tps('forwarder'):.0f} ({res.ratio('forwarder'):.3f})",
+                    f"{res.ratio('proxy', 'forwarder'):.3f}"]
+        elif forwarder:
+            row += ["-", "-"]
         bouncer = _bouncer(res)
         if bouncer is None:
             row += ["-", "-"]
@@ -190,17 +209,19 @@ def throughput_table(results: list[WorkloadResult]) -> list[str]:
 
 
 def latency_table(results: list[WorkloadResult]) -> list[str]:
-    baseline = _has_baseline(results)
+    baseline, forwarder = _has_baseline(results), _has_forwarder(results)
     head = ["workload", "direct mean latency", "proxy latency (overhead)"]
     head += ["baseline latency (overhead)"] if baseline else []
+    head += ["forwarder latency (overhead)"] if forwarder else []
     head += ["PgBouncer latency (overhead)"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for res in results:
         if not res.workload.latency:
             continue
         row = [res.workload.title, f"{res.median_latency_ms('direct') * 1000:.1f} us"]
-        for target in ["proxy", *(["baseline"] if baseline else []), _bouncer(res)]:
-            if target is None:
+        extra = [*(["baseline"] if baseline else []), *(["forwarder"] if forwarder else [])]
+        for target in ["proxy", *extra, _bouncer(res)]:
+            if target is None or not res.has(target):
                 row.append("-")
             else:
                 mean_us = res.median_latency_ms(target) * 1000
@@ -210,8 +231,10 @@ def latency_table(results: list[WorkloadResult]) -> list[str]:
 
 
 def cpu_table(results: list[WorkloadResult]) -> list[str]:
-    baseline = _has_baseline(results)
-    head = ["workload", "proxy", *(["baseline"] if baseline else []), "PgBouncer", "proxy / PgBouncer"]
+    baseline, forwarder = _has_baseline(results), _has_forwarder(results)
+    head = ["workload", "proxy", *(["baseline"] if baseline else [])]
+    head += ["forwarder", "proxy / forwarder"] if forwarder else []
+    head += ["PgBouncer", "proxy / PgBouncer"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for res in results:
         proxy, bouncer = res.cpu_us_per_tx("proxy"), None
@@ -221,6 +244,9 @@ def cpu_table(results: list[WorkloadResult]) -> list[str]:
         row = [res.workload.title, _us(proxy)]
         if baseline:
             row.append(_us(res.cpu_us_per_tx("baseline")))
+        if forwarder:
+            floor = res.cpu_us_per_tx("forwarder")
+            row += [_us(floor), f"{proxy / floor:.2f}" if proxy and floor else "-"]
         row += [_us(bouncer), f"{proxy / bouncer:.2f}" if proxy and bouncer else "-"]
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -283,6 +309,10 @@ def summary(res: WorkloadResult) -> dict[str, dict[str, float]]:
             cpu = res.cpu_us_per_tx(target)
             if cpu is not None:
                 entry["cpu_us_per_tx"] = cpu
+            if target != "forwarder" and res.has("forwarder"):
+                # Paired within each round, like ratio_to_direct: the share of the Python floor reached.
+                entry["ratio_to_forwarder"] = res.ratio(target, "forwarder")
+                entry["latency_over_forwarder_us"] = res.overhead_us(target, "forwarder")
         out[target] = entry
     return out
 
@@ -296,6 +326,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(w.key for w in WORKLOADS),
                         help="comma-separated subset of: " + ", ".join(w.key for w in WORKLOADS))
     parser.add_argument("--no-pgbouncer", action="store_true", help="skip PgBouncer even if installed")
+    parser.add_argument("--no-forwarder", action="store_true",
+                        help="skip the bare asyncio + uvloop byte forwarder (bench/forwarder.py)")
     parser.add_argument("--baseline", metavar="DIR", type=Path,
                         help="also run the proxy from another checkout DIR (e.g. a git worktree of an "
                         "older commit), reported as 'baseline': before/after in one run")
@@ -351,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         services.append(start_proxy(bench))
         if args.baseline:
             services.append(start_proxy(bench, name="baseline", source=args.baseline.resolve()))
+        if not args.no_forwarder:
+            services.append(start_forwarder(bench.cluster.port))
         if not args.no_pgbouncer:
             bouncer = start_pgbouncer(bench)
             if bouncer is None:
@@ -374,13 +408,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args: argparse.Namespace, env: dict[str, object], results: list[WorkloadResult]) -> None:
     path = write_json(args, env, results)
-    print(f"\n## pgbench: direct vs pgtenantproxy vs PgBouncer ({args.rounds} rounds x {args.duration} s, "
+    print(f"\n## pgbench: direct vs pgtenantproxy vs bare forwarder vs PgBouncer "
+          f"({args.rounds} rounds x {args.duration} s, "
           f"scale {args.scale}, {env['cpus']} CPUs)\n")
     if any(not r.workload.latency for r in results):
         print("\n".join(throughput_table(results)) + "\n")
     if any(r.workload.latency for r in results):
         print("\n".join(latency_table(results)) + "\n")
-    print("CPU time of the proxy's own process per transaction (median over rounds; "
+    if _has_forwarder(results):
+        print("forwarder: bare asyncio + uvloop byte forwarder (bench/forwarder.py), the Python floor; "
+              "'proxy / forwarder' is the median over rounds of proxy TPS / forwarder TPS "
+              "in the same round\n")
+    print("CPU time of the serving process per transaction (median over rounds; "
           "much less sensitive to other load than TPS):\n")
     print("\n".join(cpu_table(results)) + "\n")
     print(f"PostgreSQL {env['postgresql']}, {env['pgbouncer'] or 'no PgBouncer'}, Python {env['python']}; "

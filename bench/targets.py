@@ -8,7 +8,8 @@ its own OS user can read; with the verifier it authenticates to the server on
 the client's behalf (SCRAM pass-through, PgBouncer >= 1.14).
 
 The proxy runs as ``python -m pgtenantproxy serve`` in its own process, as
-PgBouncer does, so neither shares a core with pgbench's process.
+PgBouncer does, and so does the bare byte forwarder (``bench/forwarder.py``,
+the "Python floor"), so none shares a process with pgbench.
 """
 
 from __future__ import annotations
@@ -104,17 +105,56 @@ def pgbench_path(cluster: PgCluster) -> str:
 def wait_listening(
     name: str, port: int, proc: subprocess.Popen[Any], log: Path, *, timeout: float = 20
 ) -> None:
+    """Wait until ``proc`` itself listens on 127.0.0.1:``port``.
+
+    On Linux the listening socket must belong to ``proc`` (``/proc/<pid>/fd`` against
+    ``/proc/net/tcp``): other processes on the machine (test suites starting their own
+    clusters) may take the same free port first, and a connect test alone would then
+    send pgbench to their server. Elsewhere, a successful connect is taken as ready.
+    """
     deadline = time.monotonic() + timeout
+    owned = Path(f"/proc/{proc.pid}/fd").is_dir()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{name} exited early:\n{text}")
+        if owned:
+            if listens(proc.pid, port):
+                return
+        else:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} does not listen on 127.0.0.1:{port} after {timeout}s")
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port`` (Linux /proc)."""
+    fds = Path(f"/proc/{pid}/fd")
+    inodes: set[str] = set()
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for fd in names:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            inodes.add(os.readlink(fds / fd))
+        except OSError:  # closed meanwhile
+            continue
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+            continue
+        for row in rows:
+            cols = row.split()  # sl local_address rem_address st ... inode
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                if f"socket:[{cols[9]}]" in inodes:
+                    return True
+    return False
 
 
 class Service:
@@ -155,6 +195,27 @@ def start_proxy(bench: BenchCluster, *, name: str = "proxy", source: Path = REPO
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
     service = Service(proc, workdir, [Target(name, port, pid=proc.pid)])
+    try:
+        wait_listening(name, port, proc, log)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def start_forwarder(server_port: int, *, name: str = "forwarder", dbname: str = BENCH_DB) -> Service:
+    """``bench/forwarder.py`` (bare asyncio + uvloop byte forwarder) to ``server_port``, own process."""
+    workdir = Path(tempfile.mkdtemp(prefix="pgtp-bench-forwarder-"))
+    port = free_port()
+    log = workdir / "forwarder.log"
+    script = Path(__file__).resolve().parent / "forwarder.py"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--listen-port", str(port),
+             "--target-host", "127.0.0.1", "--target-port", str(server_port)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    service = Service(proc, workdir, [Target(name, port, dbname, pid=proc.pid)])
     try:
         wait_listening(name, port, proc, log)
     except BaseException:
