@@ -129,10 +129,11 @@ class ConfigReloader:
         return True
 
     def _failed(self, why: str, error: str) -> bool:
-        self.stats.failed += 1
-        self.stats.last_failed = True
-        self.stats.last_error = error
+        # Logged before it is counted: whoever sees the count (a test, an operator) finds the reason.
         logger.error("config reload (%s) refused, the running config stays: %s", why, error)
+        self.stats.last_error = error
+        self.stats.last_failed = True
+        self.stats.failed += 1
         return False
 
     async def stop(self) -> None:

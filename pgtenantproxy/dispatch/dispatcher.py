@@ -50,6 +50,7 @@ from pgtenantproxy.session.facts import SessionFacts
 
 logger = logging.getLogger(__name__)
 
+_NOTHING_SHADOWED: frozenset[str] = frozenset()
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
@@ -158,6 +159,7 @@ class Dispatcher:
         if facts.deferred_begin is not None:  # the lazy BEGIN is part of this unit now
             items = [BatchItem(facts.deferred_begin), *items]
         snapshot = self.catalog.snapshot
+        shadowed = self._shadowed(state, snapshot)
         routed = self._router(snapshot).route(
             items,
             tx_status=facts.tx_status,
@@ -165,7 +167,7 @@ class Dispatcher:
             eligible=lambda shop: self._eligible(shop, snapshot, state),
             startup=state.startup,
             session=state.shop,
-            shadowed=self._shadowed(state, snapshot),
+            shadowed=shadowed,
         )
         state.last = routed
         route = routed.route
@@ -174,7 +176,7 @@ class Dispatcher:
         lanes = self._lanes_for(snapshot)
         if lanes.active or facts.pinned_shop is not None:
             view = UnitView(unit, routed, items, touch(routed.statements, routed.identifications,
-                            snapshot.tenant_tables, self._shadowed(state, snapshot)), (kind, table))
+                            snapshot.tenant_tables, shadowed), (kind, table))
             # also while shops are only mirrored: lazy BEGIN, so a cutover's hold catches new transactions
             special = write_decision(view, facts, lanes, snapshot.tenant_tables,
                                      held=self._held, hold_s=self.hold_timeout)
@@ -271,6 +273,8 @@ class Dispatcher:
         return True
 
     def _shadowed(self, state: SessionRouting, snapshot: CatalogSnapshot) -> frozenset[str]:
+        if not state.shadowed and not state.search_path_changed:
+            return _NOTHING_SHADOWED
         names = set(state.shadowed)
         if state.search_path_changed:
             names.update(t.rpartition(".")[2] for t in snapshot.tenant_tables)

@@ -112,7 +112,8 @@ async def send_cancel(host: str, port: int, pid: int, key: bytes, *, timeout: fl
             await writer.drain()
             await reader.read()  # the server closes when done
     except (OSError, TimeoutError) as exc:
-        logger.warning("cancel request to %s:%s for pid %s failed: %s", host, port, pid, str(exc) or "timed out")
+        reason = str(exc) or "timed out"
+        logger.warning("cancel request to %s:%s for pid %s failed: %s", host, port, pid, reason)
     finally:
         if writer is not None:
             writer.close()

@@ -50,8 +50,13 @@ class Unit:
     complete: bool = False
     pinned: bool = False
     kind: UnitKind = UnitKind.EXTENDED
+    #: The unit's bytes when they arrived as one chunk of their own (forwarded as they came).
+    wire: bytes | None = None
 
     def raw(self) -> bytes:
+        wire = self.wire
+        if wire is not None:
+            return wire
         return b"".join(m.raw() for m in self.messages)
 
 

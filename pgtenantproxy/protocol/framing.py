@@ -155,31 +155,52 @@ class Frame(NamedTuple):
 
 # Builds a Frame without the Python-level NamedTuple.__new__ (hot path: ~60 ns less per frame).
 _new_tuple = tuple.__new__
+# A frame header's type byte and signed length in one call (hot path: one call per message).
+_frame_header = struct.Struct("!Bi").unpack_from
+# Per-type ceiling of the length field for a scanner without limits: any type, any length >= 4.
+_NO_CEILINGS: tuple[int, ...] = (0x7FFFFFFF,) * 256
 
 
 class FrameScanner:
     """Finds message boundaries in a relayed stream without copying bodies.
 
-    ``feed(chunk)`` returns the watched messages completed by the chunk, in
-    order. Bodies of other messages are skipped by length. Validation (types
-    and lengths) is applied when ``limits`` is given, as for client streams.
+    Two ways to feed it (a scanner is fed one way only):
+
+    * ``feed(chunk)`` returns the watched messages completed by the chunk, in
+      order, with their bodies;
+    * ``tally(chunk)`` returns the sum of the weights of the messages completed
+      by the chunk (``weights``: type -> int; by default 1 per watched type),
+      and keeps no body at all: for a relay that only counts.
+
+    Bodies of other messages are skipped by length. Validation (types and
+    lengths) is applied when ``limits`` is given, as for client streams.
 
     Hot path: a chunk that starts at a boundary (nearly all of them) goes
     straight into one loop over headers, with state in locals. Only a message
     split across chunks takes the slower :meth:`_resume` path. Every header is
-    pre-checked with one dict lookup and two comparisons; :func:`check_frame`
-    (which owns the error messages) is called only when that check fails, and
-    then always raises.
+    read with one ``unpack_from`` and pre-checked with one chained comparison
+    against a per-type ceiling table (limit + 4; 3 for a type not accepted, so
+    that no length passes); :func:`check_frame` (which owns the error messages)
+    is called only when that check fails, and then always raises.
     """
 
-    __slots__ = ("_body", "_body_need", "_body_type", "_head", "_limits", "_skip", "_watch", "last_type")
+    __slots__ = (
+        "_body", "_body_need", "_body_type", "_ceilings", "_head", "_limits", "_skip", "_watch",
+        "_weights", "last_type",
+    )
 
     def __init__(
-        self, watch: frozenset[int], limits: Mapping[int, int] | None = None
+        self,
+        watch: frozenset[int],
+        limits: Mapping[int, int] | None = None,
+        *,
+        weights: Mapping[int, int] | None = None,
     ) -> None:
         self._watch = watch
         self._limits = limits
-        self._skip = 0  # bytes of an unwatched body still to skip
+        self._ceilings = _NO_CEILINGS if limits is None else _ceilings(limits)
+        self._weights: list[int] | None = None if weights is None else _table(weights)
+        self._skip = 0  # bytes of an unwatched (or counted) body still to skip
         self._head = b""  # a partial 5-byte header
         self._body: bytearray | None = None  # a partial watched body
         self._body_type = 0
@@ -200,16 +221,16 @@ class FrameScanner:
             if pos < 0:
                 return out
         n = len(data)
+        last_start = n - 5  # the last position a whole header can start at
         watch = self._watch
-        limits = self._limits
+        ceilings = self._ceilings
         last = self.last_type
-        while pos + 5 <= n:
-            mtype = data[pos]
-            (length,) = _int32(data, pos + 1)
-            if length < 4 or (limits is not None and length - 4 > limits.get(mtype, -1)):
+        while pos <= last_start:
+            mtype, length = _frame_header(data, pos)
+            if not 4 <= length <= ceilings[mtype]:
                 self.last_type = last
-                check_frame(mtype, length, limits, c.LARGE_MESSAGE_LIMIT)  # raises
-            end = pos + 1 + length
+                check_frame(mtype, length, self._limits, c.LARGE_MESSAGE_LIMIT)  # raises
+            end = pos + length + 1
             if end > n:  # the body continues in the next chunk
                 self._body_type = mtype
                 if mtype in watch:
@@ -227,6 +248,58 @@ class FrameScanner:
                 self._head = bytes(data[pos:])
         self.last_type = last
         return out
+
+    def tally(self, data: bytes) -> int:
+        """The sum of the weights of the messages the chunk completes (validated as by :meth:`feed`)."""
+        weights = self._weights
+        if weights is None:
+            weights = self._weights = _table(dict.fromkeys(self._watch, 1))
+        total = 0
+        pos = 0
+        if self._skip or self._head or self._body is not None:
+            data, pos, total = self._resume_tally(data, weights)
+            if pos < 0:
+                return total
+        n = len(data)
+        last_start = n - 5
+        ceilings = self._ceilings
+        last = self.last_type
+        while pos <= last_start:
+            mtype, length = _frame_header(data, pos)
+            if not 4 <= length <= ceilings[mtype]:
+                self.last_type = last
+                check_frame(mtype, length, self._limits, c.LARGE_MESSAGE_LIMIT)  # raises
+            end = pos + length + 1
+            if end > n:  # the body continues in the next chunk: counted when it ends
+                self._body_type = mtype
+                self._skip = end - n
+                break
+            total += weights[mtype]
+            last = mtype
+            pos = end
+        else:
+            if pos < n:
+                self._head = bytes(data[pos:])
+        self.last_type = last
+        return total
+
+    def _resume_tally(self, data: bytes, weights: list[int]) -> tuple[bytes, int, int]:
+        """:meth:`_resume` for :meth:`tally`: also returns the weight of a message it completes."""
+        if self._body is not None:  # a body :meth:`feed` was collecting: count it instead
+            self._skip, self._body = self._body_need, None
+        if self._head:
+            data, self._head = self._head + data, b""
+            return data, 0, 0
+        n = len(data)
+        if self._skip >= n:
+            self._skip -= n
+            if self._skip:
+                return data, -1, 0
+            self.last_type = self._body_type  # the body ends exactly with this chunk
+            return data, -1, weights[self._body_type]
+        pos, self._skip = self._skip, 0
+        self.last_type = self._body_type
+        return data, pos, weights[self._body_type]
 
     def _resume(self, data: bytes, out: list[Frame]) -> tuple[bytes, int]:
         """Finish what the previous chunk left open.
@@ -258,3 +331,20 @@ class FrameScanner:
         self.last_type = self._body_type
         self._body = None
         return data, take
+
+
+def _ceilings(limits: Mapping[int, int]) -> tuple[int, ...]:
+    """Per-type ceiling of the length field: limit + 4, or 3 (nothing passes) for a type not in ``limits``."""
+    table = [3] * 256
+    for mtype, limit in limits.items():
+        if 0 <= mtype < 256:
+            table[mtype] = limit + 4
+    return tuple(table)
+
+
+def _table(weights: Mapping[int, int]) -> list[int]:
+    table = [0] * 256
+    for mtype, weight in weights.items():
+        if 0 <= mtype < 256:
+            table[mtype] = weight
+    return table

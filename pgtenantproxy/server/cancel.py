@@ -3,7 +3,9 @@
 Clients get the unified backend's real process id with a secret key of the
 proxy's own. A CancelRequest arriving at the proxy is matched (constant-time
 on the key) to its session, which forwards a real CancelRequest to whichever
-server connection runs that client's query.
+server connection runs that client's query, and the client's cancel connection
+is closed only after the server has closed the forwarded one (as PostgreSQL
+closes only after signalling the backend).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Protocol
 
 
 class Cancellable(Protocol):
-    def cancel_running_query(self) -> None: ...
+    async def forward_cancel(self) -> None: ...
 
 
 class CancelRegistry:

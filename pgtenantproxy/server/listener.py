@@ -105,11 +105,12 @@ class ProxyServer:
         return len(self._admitted)
 
     async def forward_cancel(self, request: CancelRequest) -> None:
+        """Forward a client's CancelRequest; returns when it has landed (or timed out)."""
         session = self.cancels.find(request.pid, request.key)
         if session is None:
             logger.info("cancel request for unknown pid %s ignored", request.pid)
             return
-        session.cancel_running_query()
+        await session.forward_cancel()
 
     def track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)

@@ -21,11 +21,13 @@ from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.errors import ProtocolViolation
 from pgtenantproxy.protocol.framing import FrameScanner
 
-_CLIENT_WATCH = frozenset({c.QUERY, c.SYNC, c.FUNCTION_CALL, c.TERMINATE})
 _ANSWERED = frozenset({c.QUERY, c.SYNC, c.FUNCTION_CALL})
+#: The client scanner's tally: 1 per answered message, Terminate above any count a chunk can reach.
+_TERMINATED = 1 << 32
+_ANSWERS = _TERMINATED - 1
+_CLIENT_WEIGHTS = {**dict.fromkeys(_ANSWERED, 1), c.TERMINATE: _TERMINATED}
 _SERVER_WATCH = frozenset({c.READY_FOR_QUERY, c.ERROR_RESPONSE})
 _FATAL = (b"\x00VFATAL\x00", b"\x00VPANIC\x00")
-_TERMINATE = c.TERMINATE
 _READY_FOR_QUERY = c.READY_FOR_QUERY
 
 
@@ -50,8 +52,11 @@ class Relay:
         self.tx_status = c.TX_IDLE
         self.owed = 0  # ReadyForQuery messages the server still owes
         self.unsynced = False  # extended-protocol messages sent since the last Sync
-        self._client_scanner = FrameScanner(_CLIENT_WATCH, c.FRONTEND_LIMITS)
+        self._client_scanner = FrameScanner(_ANSWERED, c.FRONTEND_LIMITS, weights=_CLIENT_WEIGHTS)
         self._server_scanner = FrameScanner(_SERVER_WATCH)
+        # Hot path: bound once.
+        self._client_tally = self._client_scanner.tally
+        self._server_feed = self._server_scanner.feed
         self._on_violation = on_violation
         self._on_idle = on_idle
         self._on_terminate = on_terminate
@@ -74,30 +79,25 @@ class Relay:
         self.client.start_relay(self.from_client, client_leftover)
 
     def from_client(self, data: bytes) -> None:
-        scanner = self._client_scanner
         try:
-            frames = scanner.feed(data)
+            tally = self._client_tally(data)
         except ProtocolViolation as exc:
             self._on_violation(exc)
             return
         self._to_server(data)
-        terminate = False
-        if frames:
-            owed = self.owed
-            for frame in frames:
-                if frame[0] == _TERMINATE:
-                    terminate = True
-                else:
-                    owed += 1
-            self.owed = owed
+        scanner = self._client_scanner
+        if tally:
+            if tally >= _TERMINATED:
+                self.owed += tally & _ANSWERS
+                self.unsynced = False
+                self._on_terminate()
+                return
+            self.owed += tally
         self.unsynced = not scanner.at_boundary or scanner.last_type not in _ANSWERED
-        if terminate:
-            self.unsynced = False
-            self._on_terminate()
 
     def from_server(self, data: bytes) -> None:
         self._to_client(data)
-        frames = self._server_scanner.feed(data)
+        frames = self._server_feed(data)
         if not frames:
             return
         for mtype, body in frames:

@@ -3,7 +3,9 @@
 Lifecycle (one coroutine, :meth:`ClientSession.run`):
 
 1. read the startup packet (TLS negotiated first); a CancelRequest is
-   forwarded and the connection closed;
+   forwarded and the connection closed once the server has closed the
+   forwarded one (so the cancel has landed before the client goes on), or
+   after ``CANCEL_TIMEOUT``;
 2. admission (max client connections, 53300), connect to the unified server,
    relay authentication: all under the authentication timeout (57014);
 3. relay until either side goes away.
@@ -25,7 +27,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from pgtenantproxy.config import Config
-from pgtenantproxy.net.connect import open_server, send_cancel
+from pgtenantproxy.net.connect import CANCEL_TIMEOUT, open_server, send_cancel
 from pgtenantproxy.net.endpoint import ConnectionClosed, Endpoint
 from pgtenantproxy.protocol import errors
 from pgtenantproxy.protocol.errors import ProtocolViolation, ProxyError
@@ -105,11 +107,12 @@ class ClientSession:
 
     async def _start(self) -> None:
         timeout = self.proxy.config.proxy.auth_timeout_ms / 1000
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout) as deadline:
             packet, leftover = await read_startup(self.client, self.proxy.client_tls)
             if isinstance(packet, CancelRequest):
+                deadline.reschedule(None)  # bounded by CANCEL_TIMEOUT instead
                 await self.proxy.forward_cancel(packet)
-                return
+                return  # _finish closes the client's cancel connection
             self.startup = packet
             self.proxy.admit(self)
             self.server = await open_server(self.proxy.config.unified, self.proxy.upstream_tls)
@@ -213,16 +216,33 @@ class ClientSession:
 
     # --- requests from the proxy ------------------------------------------
     def cancel_running_query(self) -> None:
-        """Forward a cancel to whichever server runs this client's query now."""
+        """Cancel whatever runs for this client now, in the background (session end, shutdown)."""
+        target = self._cancel_target()
+        if target is not None:
+            self.proxy.spawn(send_cancel(*target))
+
+    async def forward_cancel(self) -> None:
+        """A client's CancelRequest: return once the server has closed the forwarded one.
+
+        PostgreSQL signals the backend before closing, so the client, which waits for
+        its own cancel connection to close, cannot have its next query hit by a late
+        cancel. Bounded by ``CANCEL_TIMEOUT`` (``send_cancel`` logs, never raises).
+        """
+        target = self._cancel_target()
+        if target is not None:
+            await send_cancel(*target, timeout=CANCEL_TIMEOUT)
+
+    def _cancel_target(self) -> tuple[str, int, int, bytes] | None:
+        """(host, port, pid, key) of the server running this client's query: a tenant, else unified."""
         relay = self.relay
         target = relay.cancel_target() if isinstance(relay, RoutedDriver) else None
-        if target is None:
-            est = self.established
-            if est is None or est.real_key is None:
-                return
-            cfg = self.proxy.config.unified
-            target = (cfg.host, cfg.port, est.real_key.pid, est.real_key.key)
-        self.proxy.spawn(send_cancel(*target))
+        if target is not None:
+            return target
+        est = self.established
+        if est is None or est.real_key is None:
+            return None
+        cfg = self.proxy.config.unified
+        return cfg.host, cfg.port, est.real_key.pid, est.real_key.key
 
     @property
     def idle(self) -> bool:

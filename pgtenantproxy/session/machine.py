@@ -34,6 +34,7 @@ the pinned tenant link is either held here or lent to the running unit.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -44,10 +45,10 @@ from dataclasses import dataclass
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import BatchAssembler, Unit, UnitKind
 from pgtenantproxy.protocol.errors import ProtocolViolation, ProxyError
-from pgtenantproxy.protocol.framing import FrameScanner, MessageReader
+from pgtenantproxy.protocol.framing import FrameScanner
 from pgtenantproxy.protocol.local_answers import ReplyFilter, command_complete, extended_reply, refusal_unit
 from pgtenantproxy.protocol.messages import SYNC_MESSAGE, ParameterStatus, Query, ReadyForQuery
-from pgtenantproxy.protocol.records import ClientMessage
+from pgtenantproxy.protocol.records import ClientReader
 from pgtenantproxy.session.contract import Effects, TenantLink, UnitRouter
 from pgtenantproxy.session.decision import (
     UNIFIED_PINNED,
@@ -71,7 +72,7 @@ from pgtenantproxy.session.refusals import (
     tenant_unavailable,
 )
 from pgtenantproxy.session.state import Event, State, TxEvent, TxPlace, advance, advance_tx
-from pgtenantproxy.session.tenant_unit import Outcome, TenantUnit
+from pgtenantproxy.session.tenant_unit import UNKNOWN_SQL, Outcome, TenantUnit
 from pgtenantproxy.session.unified_statements import UnifiedStatements
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ HOLD_POLL_S = 0.01
 _DISPATCHING = (State.IDLE, State.UNIFIED_BUSY)
 _DESCRIBE_ONLY = frozenset({c.PARSE, c.DESCRIBE, c.CLOSE, c.FLUSH})
 _FATAL = (b"\x00VFATAL\x00", b"\x00VPANIC\x00")
+_TRACKED = frozenset({c.PARSE, c.CLOSE, c.QUERY})
 
 
 class UnifiedBatch(enum.Enum):
@@ -156,7 +158,7 @@ class SessionMachine:
         self.server_said_fatal = False
         self._clock = clock
         self._perf = perf
-        self._reader = MessageReader(c.FRONTEND_LIMITS)
+        self._reader = ClientReader()
         self._assembler = BatchAssembler()
         self._queue: deque[Unit] = deque()
         self._filters: deque[ReplyFilter] = deque()
@@ -172,6 +174,8 @@ class SessionMachine:
         self._lost_shop: int | None = None
         self._run: TenantRun | None = None
         self._held: HeldUnit | None = None
+        #: Unified's bytes for the client that arrived while a tenant unit ran (sent after it).
+        self._unified_waiting: list[bytes] = []
 
     # --- what the driver asks ---------------------------------------------------------
     @property
@@ -217,18 +221,22 @@ class SessionMachine:
 
     # --- client -> servers ----------------------------------------------------------------
     def client_data(self, data: bytes) -> None:
-        reader, assembler, queue = self._reader, self._assembler, self._queue
+        assembler, queue = self._assembler, self._queue
         track = self.facts.statements.track
-        reader.feed(data)
+        fresh = not assembler.has_pending and not self._reader.has_partial
         try:
-            while (msg := reader.next_message()) is not None:
-                rec = ClientMessage.of(msg)
-                if rec.type in (c.PARSE, c.CLOSE, c.QUERY):
-                    track(rec)
-                queue.extend(assembler.feed(rec))
+            records = self._reader.feed(data)
         except ProtocolViolation as exc:
             self.fx.violation(exc)
             return
+        for rec in records:
+            if rec.type in _TRACKED:
+                track(rec)
+            queue.extend(assembler.feed(rec))
+        if fresh and records and queue and not assembler.has_pending and not self._reader.has_partial:
+            last = queue[-1]
+            if len(last.messages) == len(records) and last.messages[0] is records[0]:
+                last.wire = data  # the unit is this very chunk: forwarded as it came
         if self.state in _DISPATCHING and not (self._await_drain and self.owed):
             self._pump()
 
@@ -255,6 +263,9 @@ class SessionMachine:
                 queue.popleft()
                 self._act(unit, decision)
                 continue
+            if self.owed and self._needs_preparing(unit):
+                self._await_drain = True  # the proxy's own batch must not overtake owed answers
+                break
             queue.popleft()
             self.router.acted(decision)
             self._send_unified(unit, decision)
@@ -293,7 +304,9 @@ class SessionMachine:
             return Refuse(self._lost_shop, "lost_transaction", error=lost_transaction(self._lost_shop))
         if self.tx is TxPlace.PINNED:
             pinned = self.facts.pinned_shop
-            if isinstance(decision, (ToTenant, Refuse)) and decision.shop_id == pinned:
+            if isinstance(decision, ToTenant) and decision.shop_id == pinned:
+                return decision if decision.primary else dataclasses.replace(decision, primary=True)
+            if isinstance(decision, Refuse) and decision.shop_id == pinned:
                 return decision
             assert pinned is not None
             return Refuse(pinned, "refused", error=pinned_refusal(pinned))
@@ -370,14 +383,22 @@ class SessionMachine:
             self._unified_batch = UnifiedBatch.AT_SYNC
         self.fx.to_unified(unit.raw())
 
+    def _needs_preparing(self, unit: Unit) -> bool:
+        if not self._preparable(unit):
+            return False
+        return bool(self._unified_statements.preparation(unit, self.facts.statements, record=False))
+
+    def _preparable(self, unit: Unit) -> bool:
+        return (
+            self._unified_batch is not UnifiedBatch.CLIENT_OPEN
+            and unit.kind is UnitKind.EXTENDED
+            and self.facts.tx_status != c.TX_FAILED
+        )
+
     def _prepare_unified(self, unit: Unit) -> None:
         """Statements ``unit`` uses that unified lacks: parsed first (not in a failed transaction,
         where the Parse would fail, and the unit with it; never inside the client's open batch)."""
-        if (
-            self._unified_batch is UnifiedBatch.CLIENT_OPEN
-            or unit.kind is not UnitKind.EXTENDED
-            or self.facts.tx_status == c.TX_FAILED
-        ):
+        if not self._preparable(unit):
             return
         plan = self._unified_statements.preparation(unit, self.facts.statements)
         if plan:
@@ -403,11 +424,11 @@ class SessionMachine:
         if self._filters:
             data, to_client = self._filter(data)
             if to_client:
-                self.fx.to_client(to_client)
+                self._unified_to_client(to_client)
             if not data:
                 return
         else:
-            self.fx.to_client(data)
+            self._unified_to_client(data)
         frames = self._scanner.feed(data)
         if not frames:
             return
@@ -431,6 +452,14 @@ class SessionMachine:
                 self._close("idle_close")
             elif self._queue and not (self._await_drain and self.owed):
                 self._pump()
+
+    def _unified_to_client(self, data: bytes) -> None:
+        """While a tenant answer may be reaching the client, unified's own messages (notices,
+        notifications, parameter changes) wait for its end, so none lands inside a tenant message."""
+        if self.state in (State.TENANT_BORROWING, State.TENANT_RUNNING):
+            self._unified_waiting.append(data)
+        else:
+            self.fx.to_client(data)
 
     def _parameter_status(self, body: bytes) -> None:
         try:
@@ -566,9 +595,12 @@ class SessionMachine:
                 held = work.release()
                 if held:
                     self.fx.to_client(held)
-            if not work.answered_error and run.link is not None:
-                self._record_parses(run.unit, run.link)
+        if run.link is not None and not work.skipped:
+            self._record_parses(run.unit, run.link, known=outcome is Outcome.DONE and not work.answered_error)
         self._advance(Event.TENANT_END)
+        if self._unified_waiting:
+            self.fx.to_client(b"".join(self._unified_waiting))
+            self._unified_waiting.clear()
         kept = self._keep_or_give_back(run, outcome, failed=failed and outcome is not Outcome.DONE)
         if run.decision.primary:
             self._repin(run, kept, outcome)
@@ -582,10 +614,11 @@ class SessionMachine:
             return
         self._pump()
 
-    def _record_parses(self, unit: Unit, link: TenantLink) -> None:
+    def _record_parses(self, unit: Unit, link: TenantLink, *, known: bool) -> None:
+        """The unit's named Parses now exist on the link (after an error: each may, or may not)."""
         for msg in unit.messages:
             if msg.type == c.PARSE and msg.name:
-                link.prepared[msg.name] = msg.sql or ""
+                link.prepared[msg.name] = (msg.sql or "") if known else UNKNOWN_SQL
 
     def _keep_or_give_back(self, run: TenantRun, outcome: Outcome, *, failed: bool) -> TenantLink | None:
         link = run.link

@@ -48,6 +48,10 @@ HOLD_LIMIT = 256 * 1024
 #: SQLSTATE classes that mean "the tenant side is broken", not "the query is wrong".
 BROKEN_CLASSES = ("08", "53", "57", "58", "XX", "3D", "28", "42P01", "42703", "42883", "42704", "26000")
 
+#: What a link may hold under a statement name when it is not known which text (or whether at all):
+#: a later Parse of the name is preceded by a Close, a Bind of it re-prepares.
+UNKNOWN_SQL = "\x00unknown"
+
 _BIND_UNNAMED = frame(c.BIND, b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
 _EXECUTE_UNNAMED = frame(c.EXECUTE, b"\x00" + struct.pack("!i", 0))
 #: Asynchronous messages: they may arrive at any time and answer nothing.
@@ -226,9 +230,12 @@ class TenantUnit:
                 self.phase = Phase.BODY
 
     def _forget_preparations(self) -> None:
-        if self._link is not None:
-            self._link.prepared.clear()
-            self._link.settings.clear()
+        """The preparations failed: what the link has is not known any more (each name may exist)."""
+        link = self._link
+        if link is not None:
+            for name in link.prepared:
+                link.prepared[name] = UNKNOWN_SQL
+            link.settings.clear()
 
     def _body(self, data: bytes) -> bytes:
         if self._trailer:

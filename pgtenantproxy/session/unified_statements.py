@@ -30,8 +30,9 @@ class UnifiedStatements:
             if msg.type in (c.PARSE, c.CLOSE, c.QUERY):
                 track(msg)
 
-    def preparation(self, unit: Unit, client: PreparedStatements) -> bytes:
-        """Close + Parse for the statements ``unit`` uses that unified lacks (recorded as sent)."""
+    def preparation(self, unit: Unit, client: PreparedStatements, *, record: bool = True) -> bytes:
+        """Close + Parse for the statements ``unit`` uses that unified lacks (recorded as sent
+        unless ``record`` is false: then it only tells whether some are needed)."""
         out: list[bytes] = []
         parsed_here: set[str] = set()
         for msg in unit.messages:
@@ -47,5 +48,6 @@ class UnifiedStatements:
             if wanted is None or (had is not None and had.body == wanted.body):
                 continue
             out += [CloseOrDescribe("S", name).build_close(), wanted.raw()]
-            self._known.parsed(wanted)
+            if record:
+                self._known.parsed(wanted)
         return b"".join(out)
