@@ -239,6 +239,8 @@ class SessionMachine:
                 last.wire = data  # the unit is this very chunk: forwarded as it came
         if self.state in _DISPATCHING and not (self._await_drain and self.owed):
             self._pump()
+        else:
+            self._backpressure()
 
     def _pump(self) -> None:
         """Dispatch queued units in order; stop at one that must wait (see the module docstring)."""
@@ -255,6 +257,9 @@ class SessionMachine:
                 return
             if admitted is _Admit.ASIDE:
                 continue
+            if self.owed and self._needs_preparing(unit):
+                self._await_drain = True  # the proxy's own batch must not overtake owed answers
+                break
             decision = self._decide(unit)
             if not isinstance(decision, ToUnified):
                 if self.owed:
@@ -263,9 +268,6 @@ class SessionMachine:
                 queue.popleft()
                 self._act(unit, decision)
                 continue
-            if self.owed and self._needs_preparing(unit):
-                self._await_drain = True  # the proxy's own batch must not overtake owed answers
-                break
             queue.popleft()
             self.router.acted(decision)
             self._send_unified(unit, decision)
@@ -316,6 +318,10 @@ class SessionMachine:
             return UNIFIED_PINNED  # never, whatever a router says
         if isinstance(decision, ToTenant) and unit.pinned:
             return UNIFIED_PINNED
+        if self._unified_batch is UnifiedBatch.CLIENT_OPEN and isinstance(
+            decision, (ToTenant, AnswerBegin, AnswerEnd, Aside)
+        ):
+            return UNIFIED_PINNED  # unified is answering the client's unsynced batch: nothing may overtake it
         return decision
 
     def _act(self, unit: Unit, decision: Decision) -> None:
