@@ -89,6 +89,10 @@ class RoutedDriver:
         conn = cast(ServerConnection, link)
         return conn.target.host, conn.target.port, conn.pid, conn.key
 
+    def client_cancels(self) -> None:
+        """The client asked to cancel its running query (its CancelRequest is being forwarded)."""
+        self.machine.cancel_requested()
+
     def dispose(self) -> None:
         """The session ended: a pinned transaction's connection is closed (it rolls back)."""
         self._disposed = True

@@ -228,6 +228,8 @@ class ClientSession:
         its own cancel connection to close, cannot have its next query hit by a late
         cancel. Bounded by ``CANCEL_TIMEOUT`` (``send_cancel`` logs, never raises).
         """
+        if isinstance(self.relay, RoutedDriver):
+            self.relay.client_cancels()  # the tenant's 57014 is then the answer, not a failure
         target = self._cancel_target()
         if target is not None:
             await send_cancel(*target, timeout=CANCEL_TIMEOUT)

@@ -205,6 +205,12 @@ class SessionMachine:
         run = self._run
         return run.link if run is not None and self.state is State.TENANT_RUNNING else None
 
+    def cancel_requested(self) -> None:
+        """The client cancels its query: a tenant unit's "canceling statement" error is its answer
+        (forwarded as any error), not a sign of a broken tenant to fall back from."""
+        if self._run is not None:
+            self._run.work.client_cancelled = True
+
     def dispose(self) -> None:
         """The session ended: links are given back closed (a pinned transaction rolls back)."""
         if self.state is State.CLOSED and self._run is None and self._pinned is None:

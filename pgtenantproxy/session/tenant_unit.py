@@ -37,6 +37,7 @@ import struct
 
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit, UnitKind
+from pgtenantproxy.protocol.errors import QUERY_CANCELED
 from pgtenantproxy.protocol.framing import FrameScanner
 from pgtenantproxy.protocol.messages import SYNC_MESSAGE, CloseOrDescribe, ErrorFields, Parse, Query, frame
 from pgtenantproxy.session.contract import TenantLink
@@ -119,6 +120,8 @@ class TenantUnit:
         self.prep_failed: str | None = None
         #: The head failed, so the server skipped the unit: it did not run.
         self.skipped = False
+        #: The client cancelled this unit: 57014 is the answer it asked for.
+        self.client_cancelled = False
         #: The transaction status of the last ReadyForQuery.
         self.status = c.TX_IDLE
 
@@ -277,7 +280,10 @@ class TenantUnit:
 
     def _error(self, body: bytes) -> None:
         self.answered_error = True
-        if not self.forwarded and is_broken(ErrorFields.parse(body).sqlstate):
+        if self.forwarded:
+            return
+        sqlstate = ErrorFields.parse(body).sqlstate
+        if is_broken(sqlstate) and not (self.client_cancelled and sqlstate == QUERY_CANCELED):
             self.broken_error = True
 
     def release(self) -> bytes:

@@ -245,6 +245,25 @@ def test_a_broken_tenant_error_falls_back_to_unified(sqlstate: str) -> None:
     _assert_fell_back(h, q("SELECT * FROM orders"))
 
 
+def test_a_read_the_client_cancelled_is_answered_not_rerun() -> None:
+    link = FakeLink()
+    h = Harness({"orders": READ}, links={1: [link]})
+    h.client(q("SELECT * FROM orders"))
+    h.machine.cancel_requested()
+    h.tenant(error("57014", "canceling statement due to user request"), rfq())
+    assert h.client_bytes() == error("57014", "canceling statement due to user request") + rfq()
+    assert h.unified_bytes() == b""
+    assert h.router.outcomes == ["error"]
+
+
+def test_a_cancel_by_someone_else_still_falls_back() -> None:
+    h = Harness({"orders": READ}, links={1: [FakeLink()]})
+    h.client(q("SELECT * FROM orders"))
+    h.tenant(error("57014", "canceling statement due to statement timeout"), rfq())
+    assert h.client_bytes() == b""
+    assert h.unified_bytes() == q("SELECT * FROM orders")
+
+
 def test_pool_pending_then_ready() -> None:
     h = Harness({"orders": READ})
     h.client(q("SELECT * FROM orders"))
