@@ -52,6 +52,7 @@ class RoutedDriver:
         self._on_violation = on_violation
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self._borrowing: asyncio.Task[None] | None = None
         self._disposed = False
         # Hot path: the machine calls these directly.
@@ -96,6 +97,9 @@ class RoutedDriver:
     def dispose(self) -> None:
         """The session ended: a pinned transaction's connection is closed (it rolls back)."""
         self._disposed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._borrowing is not None:
             self._borrowing.cancel()
         self.machine.dispose()
@@ -153,18 +157,29 @@ class RoutedDriver:
         task.add_done_callback(lambda _t: None)
 
     def set_timer(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(seconds, self._fire)
+        """One deadline at a time; the loop timer is only re-armed when it would fire too late
+        (a tenant unit's timeout is set and cleared per unit: no timer handle per unit)."""
+        deadline = self._deadline = self._loop.time() + seconds
+        timer = self._timer
+        if timer is not None and timer.when() <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._fire)
+            return
+        self._deadline = None
         self.machine.timer_fired()
 
     def clear_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
 
     def pause_client(self) -> None:
         self.client.pause_reading()

@@ -168,6 +168,7 @@ class SessionMachine:
         self._pending: deque[tuple[Unit, Decision, float]] = deque()
         self._answer_failed = False  # an ErrorResponse in unified's current answer
         self._await_drain = False  # the next unit waits for unified to owe nothing
+        self._flushed_unanswered = False  # a Flush-split part went to unified; no byte back yet
         self._client_paused = False
         self._pinned: TenantLink | None = None
         self._pinned_status = c.TX_IDLE
@@ -268,7 +269,7 @@ class SessionMachine:
                 break
             decision = self._decide(unit)
             if not isinstance(decision, ToUnified):
-                if self.owed:
+                if self.owed or self._flushed_unanswered:
                     self._await_drain = True
                     break
                 queue.popleft()
@@ -324,10 +325,6 @@ class SessionMachine:
             return UNIFIED_PINNED  # never, whatever a router says
         if isinstance(decision, ToTenant) and unit.pinned:
             return UNIFIED_PINNED
-        if self._unified_batch is UnifiedBatch.CLIENT_OPEN and isinstance(
-            decision, (ToTenant, AnswerBegin, AnswerEnd, Aside)
-        ):
-            return UNIFIED_PINNED  # unified is answering the client's unsynced batch: nothing may overtake it
         return decision
 
     def _act(self, unit: Unit, decision: Decision) -> None:
@@ -391,6 +388,9 @@ class SessionMachine:
         self._unified_statements.sent(unit)
         if not unit.complete and unit.kind is UnitKind.EXTENDED:
             self._unified_batch = UnifiedBatch.CLIENT_OPEN
+            # A Flush asks for answers with no ReadyForQuery to end them: nothing else may reach the
+            # client before unified has started answering (PostgreSQL sends them at the Flush, at once).
+            self._flushed_unanswered = unit.messages[-1].type == c.FLUSH
         elif self._unified_batch is UnifiedBatch.CLIENT_OPEN:
             self._unified_batch = UnifiedBatch.AT_SYNC
         self.fx.to_unified(unit.raw())
@@ -433,17 +433,26 @@ class SessionMachine:
     def unified_data(self, data: bytes) -> None:
         if self.state is State.CLOSED:
             return
+        flushed, self._flushed_unanswered = self._flushed_unanswered, False
+        answered = self._unified_answer(data)
+        if answered and self.close_when_idle and self.idle:
+            self._close("idle_close")
+        elif (answered or flushed) and self._queue and not (self._await_drain and self.owed):
+            self._pump()
+
+    def _unified_answer(self, data: bytes) -> bool:
+        """Forward unified's bytes; keep the books. True when a ReadyForQuery came."""
         if self._filters:
             data, to_client = self._filter(data)
             if to_client:
                 self._unified_to_client(to_client)
             if not data:
-                return
+                return False
         else:
             self._unified_to_client(data)
         frames = self._scanner.feed(data)
         if not frames:
-            return
+            return False
         answered = False
         for frame in frames:
             mtype = frame.type
@@ -459,11 +468,7 @@ class SessionMachine:
                     self.server_said_fatal = True
             else:
                 self._parameter_status(frame.body)
-        if answered:
-            if self.close_when_idle and self.idle:
-                self._close("idle_close")
-            elif self._queue and not (self._await_drain and self.owed):
-                self._pump()
+        return answered
 
     def _unified_to_client(self, data: bytes) -> None:
         """While a tenant answer may be reaching the client, unified's own messages (notices,
