@@ -195,7 +195,7 @@ class Dispatcher:
         self, unit: Unit, facts: SessionFacts, decision: Decision, outcome: str, seconds: float
     ) -> None:
         state = self._state(facts)
-        self.stats.outcomes[(decision.target.value, outcome)] += 1
+        self.stats.outcomes[(decision.target, outcome)] += 1
         if self.metrics is not None:
             self.metrics.record(unit, facts, decision, outcome, seconds)
         if decision.note is not None or state.trace is not None:
@@ -300,7 +300,7 @@ class Dispatcher:
 
     def acted(self, decision: Decision) -> None:
         """The session acts on ``decision``: counted here, once per unit (``decide`` may be asked again)."""
-        self.stats.decisions[(decision.target.value, decision.reason)] += 1
+        self.stats.decisions[(decision.target, decision.reason)] += 1
         if decision.source:
             self.stats.sources[decision.source] += 1
 

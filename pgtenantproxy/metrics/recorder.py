@@ -82,7 +82,7 @@ class QueryRecorder:
 
     # --- the data path -----------------------------------------------------------------
     def record(self, unit: Any, facts: Any, decision: Decision, outcome: str, seconds: float) -> None:
-        target = decision.target.value
+        target = decision.target
         key = (target, decision.kind, outcome, decision.table)
         hist = self._raw.get(key)
         if hist is None:
