@@ -174,7 +174,7 @@ class Dispatcher:
         kind, table = _label(routed)
         note: UnitNote | None = None
         lanes = self._lanes_for(snapshot)
-        if lanes.active or facts.pinned_shop is not None:
+        if (lanes.active or facts.pinned_shop is not None) and not _autocommit_read(routed, facts, lanes):
             view = UnitView(unit, routed, items, touch(routed.statements, routed.identifications,
                             snapshot.tenant_tables, shadowed), (kind, table))
             # also while shops are only mirrored: lazy BEGIN, so a cutover's hold catches new transactions
@@ -347,6 +347,19 @@ class Dispatcher:
 
 
 _KINDS = frozenset({"select", "insert", "update", "delete"})
+
+
+def _autocommit_read(routed: RoutedUnit, facts: SessionFacts, lanes: Lanes) -> bool:
+    """A read-only unit outside any transaction, with no shop cut over or held: nothing for write
+    routing to do, and nothing the readiness recorder counts (read-only transactions never conflict)."""
+    return (
+        not lanes.primary
+        and not lanes.holding
+        and facts.tx_status == c.TX_IDLE
+        and facts.pinned_shop is None
+        and facts.deferred_begin is None
+        and all(stmt.read_only for stmt in routed.statements)
+    )
 
 
 def _label(routed: RoutedUnit) -> tuple[str, str]:
