@@ -14,6 +14,7 @@ the "Python floor"), so none shares a process with pgbench.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import secrets
@@ -189,18 +190,8 @@ def start_proxy(bench: BenchCluster, *, name: str = "proxy", source: Path = REPO
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     log = workdir / "proxy.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgtenantproxy", "serve", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        )
-    service = Service(proc, workdir, [Target(name, port, pid=proc.pid)])
-    try:
-        wait_listening(name, port, proc, log)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    command = [sys.executable, "-m", "pgtenantproxy", "serve", "--config", str(config)]
+    return _start_listener(command, workdir, log, Target(name, port), env=env)
 
 
 def start_forwarder(server_port: int, *, name: str = "forwarder", dbname: str = BENCH_DB) -> Service:
@@ -209,15 +200,22 @@ def start_forwarder(server_port: int, *, name: str = "forwarder", dbname: str = 
     port = free_port()
     log = workdir / "forwarder.log"
     script = Path(__file__).resolve().parent / "forwarder.py"
+    command = [sys.executable, str(script), "--listen-port", str(port),
+               "--target-host", "127.0.0.1", "--target-port", str(server_port)]
+    return _start_listener(command, workdir, log, Target(name, port, dbname))
+
+
+def _start_listener(
+    command: list[str], workdir: Path, log: Path, target: Target, *, env: dict[str, str] | None = None
+) -> Service:
+    """Run ``command`` in its own process, logging to ``log``, until it listens on ``target.port``."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(script), "--listen-port", str(port),
-             "--target-host", "127.0.0.1", "--target-port", str(server_port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
-    service = Service(proc, workdir, [Target(name, port, dbname, pid=proc.pid)])
+    service = Service(proc, workdir, [dataclasses.replace(target, pid=proc.pid)])
     try:
-        wait_listening(name, port, proc, log)
+        wait_listening(target.name, target.port, proc, log)
     except BaseException:
         service.stop()
         raise
