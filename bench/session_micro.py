@@ -71,7 +71,8 @@ def client_unit(shop: int) -> bytes:
 
 def server_answer(status: int = c.TX_IDLE) -> bytes:
     row_desc = frame(ord("T"), struct.pack("!h", 2) + b"count\x00" + b"\x00" * 18 + b"sum\x00" + b"\x00" * 18)
-    data_row = frame(ord("D"), struct.pack("!h", 2) + struct.pack("!i", 3) + b"200" + struct.pack("!i", 5) + b"99.99")
+    values = struct.pack("!i", 3) + b"200" + struct.pack("!i", 5) + b"99.99"
+    data_row = frame(ord("D"), struct.pack("!h", 2) + values)
     return (
         frame(ord("1"), b"")
         + frame(ord("2"), b"")
@@ -89,6 +90,8 @@ class Sink:
 
     def write(self, data: bytes) -> None:
         pass
+
+    send = write
 
     def pause_reading(self) -> None:
         pass

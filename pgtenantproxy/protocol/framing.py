@@ -169,24 +169,30 @@ class FrameScanner:
     * ``feed(chunk)`` returns the watched messages completed by the chunk, in
       order, with their bodies;
     * ``tally(chunk)`` returns the sum of the weights of the messages completed
-      by the chunk (``weights``: type -> int; by default 1 per watched type),
+      by the chunk (``weights``: type -> int; by default 1 per watched type)
       and keeps no body at all: for a relay that only counts.
 
     Bodies of other messages are skipped by length. Validation (types and
     lengths) is applied when ``limits`` is given, as for client streams.
+    ``at_boundary`` is True when the stream so far ends exactly at a message
+    boundary; ``last_type`` is the type of the last complete message (0
+    before any).
 
     Hot path: a chunk that starts at a boundary (nearly all of them) goes
     straight into one loop over headers, with state in locals. Only a message
-    split across chunks takes the slower :meth:`_resume` path. Every header is
-    read with one ``unpack_from`` and pre-checked with one chained comparison
-    against a per-type ceiling table (limit + 4; 3 for a type not accepted, so
-    that no length passes); :func:`check_frame` (which owns the error messages)
-    is called only when that check fails, and then always raises.
+    split across chunks takes the slower :meth:`_resume` path. Each header is
+    read with one ``unpack_from`` and checked with two comparisons: length at
+    least 4 and at most a per-type ceiling (limit + 4; 3 for a type not
+    accepted, so that no length passes; no ceiling at all without limits);
+    :func:`check_frame` (which owns the error messages) is called only when
+    that check fails, and then always raises. Whether a message ends inside
+    the chunk is decided once, after the loop: the loop only ever leaves with
+    the last header it read.
     """
 
     __slots__ = (
         "_body", "_body_need", "_body_type", "_ceilings", "_head", "_limits", "_skip", "_watch",
-        "_weights", "last_type",
+        "_weights", "at_boundary", "last_type",
     )
 
     def __init__(
@@ -200,54 +206,82 @@ class FrameScanner:
         self._limits = limits
         self._ceilings = _NO_CEILINGS if limits is None else _ceilings(limits)
         self._weights: list[int] | None = None if weights is None else _table(weights)
-        self._skip = 0  # bytes of an unwatched (or counted) body still to skip
+        self._skip = 0  # bytes of a skipped (or counted) body still to come
         self._head = b""  # a partial 5-byte header
         self._body: bytearray | None = None  # a partial watched body
         self._body_type = 0
         self._body_need = 0
+        #: True when the stream so far ends exactly at a message boundary
+        #: (nothing of a message pending: no skip, no partial header, no partial body).
+        self.at_boundary = True
         #: Type of the last complete message seen (0 before any).
         self.last_type = 0
 
     @property
-    def at_boundary(self) -> bool:
-        """True when the stream so far ends exactly at a message boundary."""
-        return not self._skip and not self._head and self._body is None
+    def ceilings(self) -> tuple[int, ...]:
+        """Per type, the largest length field accepted (limit + 4); a length under 4 never is."""
+        return self._ceilings
+
+    @property
+    def weights(self) -> list[int]:
+        """Per type, what a complete message adds to :meth:`tally`'s sum."""
+        if self._weights is None:
+            self._weights = _table(dict.fromkeys(self._watch, 1))
+        return self._weights
 
     def feed(self, data: bytes) -> list[Frame]:
         out: list[Frame] = []
         pos = 0
-        if self._skip or self._head or self._body is not None:
+        if not self.at_boundary:
             data, pos = self._resume(data, out)
             if pos < 0:
                 return out
         n = len(data)
         last_start = n - 5  # the last position a whole header can start at
         watch = self._watch
-        ceilings = self._ceilings
-        last = self.last_type
-        while pos <= last_start:
-            mtype, length = _frame_header(data, pos)
-            if not 4 <= length <= ceilings[mtype]:
-                self.last_type = last
-                check_frame(mtype, length, self._limits, c.LARGE_MESSAGE_LIMIT)  # raises
-            end = pos + length + 1
-            if end > n:  # the body continues in the next chunk
-                self._body_type = mtype
+        mtype = last = self.last_type
+        if self._limits is None:  # a stream the proxy trusts (a server's): only lengths under 4 fail
+            while pos <= last_start:
+                last = mtype  # the message before this header ended inside the chunk
+                mtype, length = _frame_header(data, pos)
+                if length < 4:
+                    self.last_type, self.at_boundary = last, True
+                    check_frame(mtype, length, None, c.LARGE_MESSAGE_LIMIT)  # raises
                 if mtype in watch:
-                    self._body = bytearray(data[pos + 5 :])
-                    self._body_need = end - n
-                else:
-                    self._skip = end - n
-                break
-            if mtype in watch:
-                out.append(_new_tuple(Frame, (mtype, data[pos + 5 : end])))
-            last = mtype
-            pos = end
+                    end = pos + length + 1
+                    if end > n:  # the body continues in the next chunk: collect it
+                        self._collect(data, pos, end, mtype, last)
+                        return out
+                    out.append(_new_tuple(Frame, (mtype, data[pos + 5 : end])))
+                pos += length + 1
         else:
-            if pos < n:
-                self._head = bytes(data[pos:])
-        self.last_type = last
+            ceilings = self._ceilings
+            while pos <= last_start:
+                last = mtype
+                mtype, length = _frame_header(data, pos)
+                if length < 4 or length > ceilings[mtype]:
+                    self.last_type, self.at_boundary = last, True
+                    check_frame(mtype, length, self._limits, c.LARGE_MESSAGE_LIMIT)  # raises
+                if mtype in watch:
+                    end = pos + length + 1
+                    if end > n:
+                        self._collect(data, pos, end, mtype, last)
+                        return out
+                    out.append(_new_tuple(Frame, (mtype, data[pos + 5 : end])))
+                pos += length + 1
+        if pos == n:  # the chunk ends at a boundary (nearly always)
+            self.last_type = mtype
+            self.at_boundary = True
+        else:
+            self._end_chunk(data, pos, n, mtype, last)
         return out
+
+    def _collect(self, data: bytes, pos: int, end: int, mtype: int, last: int) -> None:
+        """A watched message at ``pos`` continues in the next chunk: keep what came of its body."""
+        self._body = bytearray(data[pos + 5 :])
+        self._body_need = end - len(data)
+        self._body_type = mtype
+        self.last_type, self.at_boundary = last, False
 
     def tally(self, data: bytes) -> int:
         """The sum of the weights of the messages the chunk completes (validated as by :meth:`feed`)."""
@@ -256,32 +290,42 @@ class FrameScanner:
             weights = self._weights = _table(dict.fromkeys(self._watch, 1))
         total = 0
         pos = 0
-        if self._skip or self._head or self._body is not None:
+        if not self.at_boundary:
             data, pos, total = self._resume_tally(data, weights)
             if pos < 0:
                 return total
         n = len(data)
         last_start = n - 5
         ceilings = self._ceilings
-        last = self.last_type
+        mtype = last = self.last_type
         while pos <= last_start:
-            mtype, length = _frame_header(data, pos)
-            if not 4 <= length <= ceilings[mtype]:
-                self.last_type = last
-                check_frame(mtype, length, self._limits, c.LARGE_MESSAGE_LIMIT)  # raises
-            end = pos + length + 1
-            if end > n:  # the body continues in the next chunk: counted when it ends
-                self._body_type = mtype
-                self._skip = end - n
-                break
-            total += weights[mtype]
             last = mtype
-            pos = end
-        else:
-            if pos < n:
-                self._head = bytes(data[pos:])
-        self.last_type = last
+            mtype, length = _frame_header(data, pos)
+            if length < 4 or length > ceilings[mtype]:
+                self.last_type, self.at_boundary = last, True
+                check_frame(mtype, length, self._limits, c.LARGE_MESSAGE_LIMIT)  # raises
+            total += weights[mtype]
+            pos += length + 1
+        if pos == n:  # the chunk ends at a boundary (nearly always)
+            self.last_type = mtype
+            self.at_boundary = True
+            return total
+        if pos > n:
+            total -= weights[mtype]  # counted when its body ends
+        self._end_chunk(data, pos, n, mtype, last)
         return total
+
+    def _end_chunk(self, data: bytes, pos: int, n: int, mtype: int, last: int) -> None:
+        """State at the end of a chunk the loop left at ``pos``, its last header of type ``mtype``."""
+        if pos == n:
+            self.last_type, self.at_boundary = mtype, True
+        elif pos > n:  # the last message's body continues in the next chunk
+            self._skip = pos - n
+            self._body_type = mtype
+            self.last_type, self.at_boundary = last, False
+        else:  # a partial header
+            self._head = bytes(data[pos:])
+            self.last_type, self.at_boundary = mtype, False
 
     def _resume_tally(self, data: bytes, weights: list[int]) -> tuple[bytes, int, int]:
         """:meth:`_resume` for :meth:`tally`: also returns the weight of a message it completes."""
@@ -291,14 +335,14 @@ class FrameScanner:
             data, self._head = self._head + data, b""
             return data, 0, 0
         n = len(data)
-        if self._skip >= n:
+        if self._skip > n:
             self._skip -= n
-            if self._skip:
-                return data, -1, 0
-            self.last_type = self._body_type  # the body ends exactly with this chunk
-            return data, -1, weights[self._body_type]
+            return data, -1, 0
         pos, self._skip = self._skip, 0
         self.last_type = self._body_type
+        if pos == n:  # the body ends exactly with this chunk
+            self.at_boundary = True
+            return data, -1, weights[self._body_type]
         return data, pos, weights[self._body_type]
 
     def _resume(self, data: bytes, out: list[Frame]) -> tuple[bytes, int]:
@@ -313,15 +357,17 @@ class FrameScanner:
             return data, 0
         n = len(data)
         if self._skip:
-            if self._skip >= n:
+            if self._skip > n:
                 self._skip -= n
-                if not self._skip:  # the body ends exactly with this chunk
-                    self.last_type = self._body_type
                 return data, -1
             pos, self._skip = self._skip, 0
             self.last_type = self._body_type
+            if pos == n:  # the body ends exactly with this chunk
+                self.at_boundary = True
+                return data, -1
             return data, pos
-        assert self._body is not None
+        if self._body is None:  # nothing pending (only after a violation)
+            return data, 0
         take = min(self._body_need, n)
         self._body += data[:take]
         self._body_need -= take

@@ -125,3 +125,55 @@ def test_byte_at_a_time_matches_reference(data: st.DataObject) -> None:
         assert _outcome(fast, stream[i : i + 1]) == expected, f"byte {i}"
         if isinstance(expected, tuple) and expected[0] == "violation":
             break
+
+
+# --- tally: the counting twin of feed ------------------------------------------------
+
+
+def _tally_outcome(
+    scanner: FrameScanner, reference: ReferenceScanner, weights: dict[int, int], chunk: bytes
+) -> object:
+    """What ``tally`` must give: the reference's frames weighed, and the same state or error."""
+    try:
+        frames = reference.feed(chunk)
+    except ProtocolViolation as exc:
+        expected: object = ("violation", exc.message)
+    else:
+        expected = (sum(weights.get(t, 0) for t, _ in frames), reference.last_type, reference.at_boundary)
+    try:
+        got: object = (scanner.tally(chunk), scanner.last_type, scanner.at_boundary)
+    except ProtocolViolation as exc:
+        got = ("violation", exc.message)
+    return got, expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(_case(), st.data())
+def test_tally_counts_what_feed_finds(
+    case: tuple[frozenset[int], Mapping[int, int] | None, list[bytes]], data: st.DataObject
+) -> None:
+    watch, limits, chunks = case
+    types = sorted(c.FRONTEND_LIMITS) if limits is not None else list(range(256))
+    weights = data.draw(st.dictionaries(st.sampled_from(types), st.sampled_from([1, 2, 1 << 32]), max_size=4))
+    scanner = FrameScanner(watch, limits, weights=weights)
+    reference = ReferenceScanner(frozenset(range(256)), limits)  # every frame, to weigh them
+    for i, chunk in enumerate(chunks):
+        got, expected = _tally_outcome(scanner, reference, weights, chunk)
+        assert got == expected, f"chunk {i} of {len(chunks)}"
+        if isinstance(expected, tuple) and expected[0] == "violation":
+            break
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_tally_byte_at_a_time(data: st.DataObject) -> None:
+    limits = data.draw(st.sampled_from([None, c.FRONTEND_LIMITS]))
+    stream = b"".join(data.draw(st.lists(_frame(limits), max_size=4)))
+    watch = frozenset(data.draw(st.sets(st.sampled_from(_frontend_types), max_size=4)))
+    weights = dict.fromkeys(watch, 1)
+    scanner, reference = FrameScanner(watch, limits), ReferenceScanner(frozenset(range(256)), limits)
+    for i in range(len(stream)):
+        got, expected = _tally_outcome(scanner, reference, weights, stream[i : i + 1])
+        assert got == expected, f"byte {i}"
+        if isinstance(expected, tuple) and expected[0] == "violation":
+            break
