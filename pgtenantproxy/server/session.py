@@ -56,6 +56,46 @@ def _server_gone() -> ProxyError:
     )
 
 
+#: A busy server whose client left is cancelled up to this many times, waiting twice as long each time.
+END_CANCEL_ATTEMPTS = 5
+END_CANCEL_FIRST_WAIT_S = 0.2
+
+
+async def end_busy_server(server: Endpoint, target: tuple[str, int, int, bytes]) -> None:
+    """The client left while its server works for it: cancel until the server answers, then end it.
+
+    PostgreSQL ignores a cancel that reaches a backend between commands, so one
+    cancel sent as the client vanishes can land just before the backend reads the
+    query the proxy forwarded last, and a ``pg_sleep(60)`` would then run on for
+    nobody (the Terminate after it is only read when it ends). Any answer from the
+    server (its 57014 error, the rest of a result) or its close ends the wait.
+    """
+    answered = asyncio.get_running_loop().create_future()
+
+    def heard(_data: bytes = b"") -> None:
+        if not answered.done():
+            answered.set_result(None)
+
+    server.start_relay(heard, dedicated=True)
+    server.on_lost = heard
+    wait = END_CANCEL_FIRST_WAIT_S
+    try:
+        for _ in range(END_CANCEL_ATTEMPTS):
+            await send_cancel(*target, timeout=CANCEL_TIMEOUT)
+            try:
+                async with asyncio.timeout(wait):
+                    await asyncio.shield(answered)
+                return
+            except TimeoutError:
+                wait *= 2
+        logger.warning("a server session whose client left did not answer %d cancels; closing it",
+                       END_CANCEL_ATTEMPTS)
+    finally:
+        server.on_lost = None
+        server.write(TERMINATE)
+        server.close()
+
+
 class SessionHost(Protocol):
     """What a session needs from its listener (:class:`~pgtenantproxy.server.listener.ProxyServer`)."""
 
@@ -152,17 +192,24 @@ class ClientSession:
         # The session is over: later connection events need no reaction (a client
         # closed after its server vanished must not cancel on a dead server).
         self.client.on_lost = None
+        target = None
         if self.server is not None:
             self.server.on_lost = None
             if not self.idle and self.server.is_open:
-                self.cancel_running_query()  # nobody is left to read the answer
+                target = self._cancel_target()  # nobody is left to read the answer
+        tenant_running = isinstance(self.relay, RoutedDriver) and self.relay.cancel_target() is not None
         if isinstance(self.relay, RoutedDriver):
             self.relay.dispose()  # a transaction pinned to a tenant connection rolls back
         if self.established is not None and self.established.real_key is not None:
             self.proxy.cancels.remove(self.established.real_key.pid, self)
         if self.server is not None:
-            self.server.write(TERMINATE)
-            self.server.close()
+            if target is not None and not tenant_running:
+                self.proxy.spawn(end_busy_server(self.server, target))
+            else:
+                if target is not None:
+                    self.proxy.spawn(send_cancel(*target))
+                self.server.write(TERMINATE)
+                self.server.close()
         self.client.close()
         self.proxy.forget(self)
 
