@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -33,15 +33,23 @@ if TYPE_CHECKING:
     from pgtenantproxy.metrics.control import ControlGauges
     from pgtenantproxy.metrics.recorder import QueryRecorder
     from pgtenantproxy.reload import ReloadStats
-    from pgtenantproxy.server.listener import ProxyServer
 
+
+class ListenerCounts(Protocol):
+    """What the collector reads of the listener (:class:`pgtenantproxy.server.listener.ProxyServer`)."""
+
+    @property
+    def client_count(self) -> int: ...
+
+    accepted_total: int
+    refused_total: int
 
 
 @dataclass
 class MetricSources:
     """What the collector reads; the app fills in what it runs."""
 
-    server: ProxyServer | None = None
+    server: ListenerCounts | None = None
     recorder: QueryRecorder | None = None
     runtime: RoutingRuntime | None = None
     mirror: MirrorStats | None = None
