@@ -27,7 +27,7 @@ How a unit travels:
 States and where the session's transaction lives are declared in
 :mod:`.state`; every move goes through :func:`~pgtenantproxy.session.state.advance`.
 Invariants: ``owed`` counts the ReadyForQuery unified owes for client units
-(never for the proxy's own batches, whose answers :attr:`_filters` remove); at
+(never for the proxy's own batches, whose answers :mod:`.unified_answers` removes); at
 most one tenant unit or hold is in progress, and no unit is dispatched meanwhile;
 the pinned tenant link is either held here or lent to the running unit.
 """
@@ -35,18 +35,15 @@ the pinned tenant link is either held here or lent to the running unit.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import BatchAssembler, Unit, UnitKind
 from pgtenantproxy.protocol.errors import ProtocolViolation, ProxyError
-from pgtenantproxy.protocol.framing import FrameScanner
-from pgtenantproxy.protocol.local_answers import ReplyFilter, command_complete, extended_reply, refusal_unit
+from pgtenantproxy.protocol.local_answers import ReplyFilter, refusal_unit
 from pgtenantproxy.protocol.messages import SYNC_MESSAGE, ParameterStatus, Query, ReadyForQuery
 from pgtenantproxy.protocol.records import ClientReader
 from pgtenantproxy.session.contract import Effects, TenantLink, UnitRouter
@@ -71,8 +68,10 @@ from pgtenantproxy.session.refusals import (
     primary_unavailable,
     tenant_unavailable,
 )
+from pgtenantproxy.session.runs import HeldUnit, TenantRun, UnifiedBatch, _Admit, describes_only, local_reply
 from pgtenantproxy.session.state import Event, State, TxEvent, TxPlace, advance, advance_tx
 from pgtenantproxy.session.tenant_unit import UNKNOWN_SQL, Outcome, TenantUnit
+from pgtenantproxy.session.unified_answers import UnifiedAnswers
 from pgtenantproxy.session.unified_statements import UnifiedStatements
 
 logger = logging.getLogger(__name__)
@@ -83,56 +82,8 @@ MAX_QUEUED_UNITS = 256
 HOLD_POLL_S = 0.01
 
 _DISPATCHING = (State.IDLE, State.UNIFIED_BUSY)
-_DESCRIBE_ONLY = frozenset({c.PARSE, c.DESCRIBE, c.CLOSE, c.FLUSH})
 _FATAL = (b"\x00VFATAL\x00", b"\x00VPANIC\x00")
 _TRACKED = frozenset({c.PARSE, c.CLOSE, c.QUERY})
-
-
-class UnifiedBatch(enum.Enum):
-    """Where unified's extended-protocol stream is: at a Sync, inside the client's batch, or
-    after a Flush-split head the proxy ended with a Sync of its own."""
-
-    AT_SYNC = "at_sync"
-    CLIENT_OPEN = "client_open"
-    PROXY_SYNCED = "proxy_synced"
-
-
-class _Admit(enum.Enum):
-    GO = "go"
-    ASIDE = "aside"  # described aside: look at the next unit
-    STOP = "stop"  # the session ends
-
-
-@dataclass
-class TenantRun:
-    """The tenant unit in progress."""
-
-    unit: Unit
-    decision: ToTenant
-    work: TenantUnit
-    started: float
-    #: The unit continues or begins a transaction (its failure loses that transaction).
-    in_tx: bool
-    link: TenantLink | None = None
-
-
-@dataclass(frozen=True)
-class HeldUnit:
-    unit: Unit
-    decision: Hold
-    deadline: float
-
-
-def _describes_only(unit: Unit) -> bool:
-    """An extended-protocol part with no Execute (nothing runs: Parse, Describe, Close, Flush)."""
-    return unit.kind is UnitKind.EXTENDED and all(m.type in _DESCRIBE_ONLY for m in unit.messages)
-
-
-def local_reply(unit: Unit, tag: str, status: int) -> bytes:
-    """The proxy's own answer to a lazy BEGIN (status T) or the COMMIT/ROLLBACK after it (I)."""
-    if unit.kind is UnitKind.QUERY:
-        return command_complete(tag, status)
-    return extended_reply(unit, tag, status)
 
 
 class SessionMachine:
@@ -161,10 +112,9 @@ class SessionMachine:
         self._reader = ClientReader()
         self._assembler = BatchAssembler()
         self._queue: deque[Unit] = deque()
-        self._filters: deque[ReplyFilter] = deque()
+        self._answers = UnifiedAnswers()
         self._unified_statements = UnifiedStatements()
         self._unified_batch = UnifiedBatch.AT_SYNC
-        self._scanner = FrameScanner(frozenset({c.READY_FOR_QUERY, c.ERROR_RESPONSE, c.PARAMETER_STATUS}))
         self._pending: deque[tuple[Unit, Decision, float]] = deque()
         self._answer_failed = False  # an ErrorResponse in unified's current answer
         self._await_drain = False  # the next unit waits for unified to owe nothing
@@ -198,7 +148,7 @@ class SessionMachine:
     @property
     def server_at_boundary(self) -> bool:
         """True when a message of the proxy's own can be sent to the client now."""
-        return self._scanner.at_boundary and self.state in (State.IDLE, State.UNIFIED_BUSY, State.CLOSED)
+        return self._answers.at_boundary and self.state in (State.IDLE, State.UNIFIED_BUSY, State.CLOSED)
 
     @property
     def running_link(self) -> TenantLink | None:
@@ -285,7 +235,7 @@ class SessionMachine:
         """Units without their Sync inside a moved transaction: described aside, or the session ends."""
         moved = self.tx in (TxPlace.PINNED, TxPlace.DEFERRED)
         if not unit.complete and moved:
-            if _describes_only(unit) and not self.owed:
+            if describes_only(unit) and not self.owed:
                 self._queue.popleft()
                 self._describe_aside(unit)
                 return _Admit.ASIDE
@@ -363,7 +313,7 @@ class SessionMachine:
         begin = self.facts.deferred_begin
         if begin is not None:  # the client got its answer already: skip the server's
             self._move_tx(TxEvent.BEGIN_SENT)
-            self._filters.append(ReplyFilter())
+            self._answers.expect(ReplyFilter())
             self.fx.to_unified(Query(begin).build())
         self._write_unified(unit)
         if unit.complete:
@@ -373,7 +323,7 @@ class SessionMachine:
         """Parse/Describe only, outside the deferred transaction: unified answers, the client's
         ReadyForQuery keeps saying it is in a transaction."""
         self._prepare_unified(unit)
-        self._filters.append(ReplyFilter(rewrite_to=c.TX_IN_BLOCK))
+        self._answers.expect(ReplyFilter(rewrite_to=c.TX_IN_BLOCK))
         self._write_unified(unit)
         self._owe(unit, ToUnified(decision.shop_id, decision.reason, decision.source, decision.kind,
                                   decision.table))
@@ -414,7 +364,7 @@ class SessionMachine:
             return
         plan = self._unified_statements.preparation(unit, self.facts.statements)
         if plan:
-            self._filters.append(ReplyFilter(quiet=True))
+            self._answers.expect(ReplyFilter(quiet=True))
             self.fx.to_unified(plan + SYNC_MESSAGE)
 
     def _describe_aside(self, unit: Unit) -> None:
@@ -425,7 +375,7 @@ class SessionMachine:
         rest of the client's batch is then routed like any unit (the statement is
         re-prepared wherever it runs).
         """
-        self._filters.append(ReplyFilter())
+        self._answers.expect(ReplyFilter())
         self._unified_statements.sent(unit)
         self.fx.to_unified(unit.raw() + SYNC_MESSAGE)
         self._unified_batch = UnifiedBatch.PROXY_SYNCED
@@ -442,19 +392,13 @@ class SessionMachine:
 
     def _unified_answer(self, data: bytes) -> bool:
         """Forward unified's bytes; keep the books. True when a ReadyForQuery came."""
-        if self._filters:
-            data, to_client = self._filter(data)
-            if to_client:
-                self._unified_to_client(to_client)
-            if not data:
-                return False
-        else:
-            self._unified_to_client(data)
-        frames = self._scanner.feed(data)
-        if not frames:
-            return False
+        read = self._answers.feed(data)
+        if read.skipped_status is not None:
+            self.facts.tx_status = read.skipped_status
+        if read.to_client:
+            self._unified_to_client(read.to_client)
         answered = False
-        for frame in frames:
+        for frame in read.frames:
             mtype = frame.type
             if mtype == c.READY_FOR_QUERY:
                 self.facts.tx_status = frame.body[0] if frame.body else c.TX_IDLE
@@ -484,23 +428,6 @@ class SessionMachine:
         except ProxyError:
             return
         self.facts.settings[ps.name] = ps.value
-
-    def _filter(self, data: bytes) -> tuple[bytes, bytes]:
-        """(bytes for the bookkeeping below, bytes for the client) through the pending filters."""
-        seen: list[bytes] = []
-        client: list[bytes] = []
-        while self._filters and data:
-            head = self._filters[0]
-            for_us, for_client, data = head.feed(data)
-            seen.append(for_us)
-            client.append(for_client)
-            if head.done:
-                self._filters.popleft()
-                if head.rewrite_to is None:
-                    self.facts.tx_status = head.status
-        seen.append(data)
-        client.append(data)
-        return b"".join(seen), b"".join(client)
 
     def _unified_done(self) -> None:
         self.owed -= 1
