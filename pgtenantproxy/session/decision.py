@@ -88,6 +88,11 @@ class Hold(Decision):
     #: Is the shop still held (polled), and the longest wait in seconds.
     held: Callable[[], bool] = bool
     hold_s: float = 0.0
+    #: Called once with a callback the waiter invokes when ``held`` may have turned false (no polling
+    #: delay): a key lookup's completion. None: polled only.
+    wake: Callable[[Callable[[], None]], None] | None = None
+    #: The error when the wait times out (None: the cutover hold's 55P03).
+    timeout_error: Refusal | None = None
     target: ClassVar[Target] = Target.HOLD
 
 

@@ -631,6 +631,8 @@ class SessionMachine:
         self._held = HeldUnit(unit, decision, self._clock() + decision.hold_s)
         self._advance(Event.HOLD_START)
         self.fx.set_timer(HOLD_POLL_S)
+        if decision.wake is not None:
+            decision.wake(lambda: self.fx.set_timer(0.0))
 
     def _poll_hold(self) -> None:
         held = self._held
@@ -641,9 +643,12 @@ class SessionMachine:
         self._held = None
         self._advance(Event.HOLD_END)
         if held.decision.held():
-            logger.info("shop %s: a unit waited %.1f s for a cutover hold; refused", held.decision.shop_id,
-                        held.decision.hold_s)
-            self._refuse(held.decision, hold_timeout_error(held.decision.shop_id))
+            error = held.decision.timeout_error
+            if error is None:
+                logger.info("shop %s: a unit waited %.1f s for a cutover hold; refused", held.decision.shop_id,
+                            held.decision.hold_s)
+                error = hold_timeout_error(held.decision.shop_id)
+            self._refuse(held.decision, error)
         else:
             self._queue.appendleft(held.unit)
         self._pump()

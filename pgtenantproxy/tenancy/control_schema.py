@@ -219,6 +219,57 @@ MIGRATIONS: tuple[ControlMigration, ...] = (
         );
         """,
     ),
+    ControlMigration(
+        5,
+        "routing by key: id blocks, foreign-key proofs, the key directory, unplaceable statements",
+        """
+        CREATE TABLE pgtenantproxy.id_blocks (
+            tbl          text NOT NULL,
+            col          text NOT NULL,
+            shop_id      bigint NOT NULL,
+            first_id     bigint NOT NULL,
+            last_id      bigint NOT NULL CHECK (last_id >= first_id),
+            reserved_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (tbl, col, first_id)
+        );
+        CREATE INDEX id_blocks_shop ON pgtenantproxy.id_blocks (shop_id);
+        CREATE TABLE pgtenantproxy.fk_proofs (
+            child        text NOT NULL,
+            name         text NOT NULL,
+            child_cols   text[] NOT NULL,
+            parent       text NOT NULL,
+            parent_cols  text[] NOT NULL,
+            consistent   boolean NOT NULL,
+            cross_refs   bigint NOT NULL DEFAULT 0,
+            samples      jsonb NOT NULL DEFAULT '[]',
+            checked_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (child, name)
+        );
+        CREATE TABLE pgtenantproxy.key_directory (
+            tbl      text NOT NULL,
+            keys     int8range NOT NULL,
+            shop_id  bigint NOT NULL
+        );
+        CREATE INDEX key_directory_keys ON pgtenantproxy.key_directory USING gist (keys);
+        CREATE INDEX key_directory_shop ON pgtenantproxy.key_directory (shop_id);
+        CREATE TABLE pgtenantproxy.key_directory_text (
+            tbl      text NOT NULL,
+            key      text NOT NULL,
+            shop_id  bigint NOT NULL,
+            PRIMARY KEY (tbl, key, shop_id)
+        );
+        CREATE INDEX key_directory_text_shop ON pgtenantproxy.key_directory_text (shop_id);
+        ALTER TABLE pgtenantproxy.cutover_conflicts DROP CONSTRAINT cutover_conflicts_kind_check;
+        ALTER TABLE pgtenantproxy.cutover_conflicts ADD CONSTRAINT cutover_conflicts_kind_check
+            CHECK (kind IN ('global', 'cross_shop', 'unplaced'));
+        CREATE TRIGGER id_blocks_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+            ON pgtenantproxy.id_blocks
+            FOR EACH STATEMENT EXECUTE FUNCTION pgtenantproxy.notify_routing();
+        CREATE TRIGGER fk_proofs_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+            ON pgtenantproxy.fk_proofs
+            FOR EACH STATEMENT EXECUTE FUNCTION pgtenantproxy.notify_routing();
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
