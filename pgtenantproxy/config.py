@@ -182,6 +182,10 @@ def _rate(value: Any) -> str | None:
     return None if 0.0 <= value <= 1.0 else "must be between 0.0 and 1.0"
 
 
+def _share(value: Any) -> str | None:
+    return None if 0.0 < value < 1.0 else "must be greater than 0.0 and less than 1.0"
+
+
 @dataclass(frozen=True)
 class RoutingSection:
     strategy: str = _opt("unified", _one_of(*STRATEGIES))
@@ -202,6 +206,11 @@ class RoutingSection:
     catalog_refresh_ms: int = _opt(1000, _positive)
     #: The longest a write of a shop being cut over waits for the cutover's hold (then 55P03).
     write_hold_timeout_ms: int = _opt(10000, _positive)
+    #: Routing by key: keys whose shop is remembered (LRU), the longest a lookup may take (then 0A000),
+    #: and the most shop databases a key that is nowhere else is looked for on (more: 0A000).
+    key_cache_size: int = _opt(100_000, _positive)
+    key_lookup_timeout_ms: int = _opt(2000, _positive)
+    key_confirm_limit: int = _opt(32, _positive)
 
 
 @dataclass(frozen=True)
@@ -267,6 +276,11 @@ class MigrationSection:
     ack_timeout_ms: int = _opt(2000, _positive)
     #: Cutover: ids reserved in each shared sequence for a shop's own database (see docs/migration.md).
     id_block: int = _opt(1_000_000, _positive)
+    #: A shop whose own database has used more than this share of its current id block gets the next
+    #: block (checked by the phase keeper every ``id_block_refill_interval_s``).
+    id_block_refill_at: float = _opt(0.8, _share)
+    #: How often the phase keeper checks the id blocks of shops in ``tenant_primary`` and ``retired``.
+    id_block_refill_interval_s: int = _opt(30, _positive)
     #: Where retirement writes each shop's archive (``shop_<N>/``); relative to the working directory.
     archive_dir: str = _opt("pgtenantproxy-archive")
     #: Retire a shop only when verification finds its tenant database identical

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from pgtenantproxy.config import TenancySection
+from pgtenantproxy.dispatch.key_facts import KeyFacts, read_key_facts
 from pgtenantproxy.dispatch.routing_state import CHANNEL, RoutingState, read_state
 from pgtenantproxy.lifecycle.instances import heartbeat, new_instance_id
 from pgtenantproxy.lifecycle.phases import ShopPhase
@@ -62,11 +63,13 @@ class CatalogSnapshot:
     holding: frozenset[int] = frozenset()
     #: The newest phase epoch in this snapshot (acknowledged in ``proxy_instances``).
     epoch: int = 0
+    #: Key columns, consistent foreign keys and id blocks (routing by key).
+    keys: KeyFacts = field(default_factory=KeyFacts)
 
     def same_content(self, other: CatalogSnapshot) -> bool:
         return (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing,
-                self.phases) == (other.tenant_tables, other.ready, other.activated, other.deactivated,
-                                 other.routing, other.phases)
+                self.phases, self.keys) == (other.tenant_tables, other.ready, other.activated,
+                                            other.deactivated, other.routing, other.phases, other.keys)
 
     def phase(self, shop_id: int) -> ShopPhase:
         return self.phases.get(shop_id) or ShopPhase(shop_id)
@@ -96,8 +99,9 @@ class TenantCatalog:
         old = self.snapshot
         holding = frozenset(shop for shop, record in phases.items() if record.holding)
         epoch = max((record.epoch for record in phases.values()), default=0)
+        keys = await read_key_facts(conn, tables)
         new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing, phases,
-                              holding, epoch)
+                              holding, epoch, keys)
         changed = not new.same_content(old)
         if changed:
             new = dataclasses.replace(new, version=old.version + 1)

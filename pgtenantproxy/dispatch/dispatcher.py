@@ -36,8 +36,9 @@ from typing import Any, Protocol
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.conflicts import ConflictRecorder
 from pgtenantproxy.dispatch.items import unit_items
+from pgtenantproxy.dispatch.key_directory import KeyDirectory, KeyScope
 from pgtenantproxy.dispatch.shadow import ShadowReader, ShadowResult
-from pgtenantproxy.dispatch.write_routing import Lanes, UnitView, lanes_of, write_decision
+from pgtenantproxy.dispatch.write_routing import NOT_ATOMIC, Lanes, UnitView, lanes_of, write_decision
 from pgtenantproxy.pools.pool import PoolManager, TenantPool
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit
@@ -45,12 +46,14 @@ from pgtenantproxy.protocol.messages import Parse, Query
 from pgtenantproxy.routing import BatchItem, Claim, RoutedUnit, Router, SessionShop, startup_claim
 from pgtenantproxy.routing.primary import touch
 from pgtenantproxy.routing.readiness import TxTrace, UnitNote
-from pgtenantproxy.session.decision import Aside, Decision, ToTenant, ToUnified
+from pgtenantproxy.session.decision import Aside, Decision, Hold, Refusal, Refuse, ToTenant, ToUnified
 from pgtenantproxy.session.facts import SessionFacts
 
 logger = logging.getLogger(__name__)
 
 _NOTHING_SHADOWED: frozenset[str] = frozenset()
+_KEY_HINT = ("The statement names its rows by key only; see docs/routing.md, \"Routing by key\". "
+             "Naming the shop (WHERE shop_id = ...) avoids the lookup.")
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
@@ -132,6 +135,8 @@ class Dispatcher:
         self.hold_timeout = 10.0
         #: Counts transactions that could not stay atomic after a cutover (flushed by the runtime).
         self.conflicts = ConflictRecorder()
+        #: Routing by key (set by the runtime; None: keys and foreign keys pin nothing).
+        self.keys: KeyDirectory | None = None
 
     def use_router(self, router: Router) -> None:
         """Swap in a new routing core (config reload, API strategy change): atomic for the loop."""
@@ -160,6 +165,8 @@ class Dispatcher:
             items = [BatchItem(facts.deferred_begin), *items]
         snapshot = self.catalog.snapshot
         shadowed = self._shadowed(state, snapshot)
+        lanes = self._lanes_for(snapshot)
+        keys = self._key_scope(snapshot, lanes)
         routed = self._router(snapshot).route(
             items,
             tx_status=facts.tx_status,
@@ -168,12 +175,14 @@ class Dispatcher:
             startup=state.startup,
             session=state.shop,
             shadowed=shadowed,
+            keys=keys,
         )
         state.last = routed
         route = routed.route
         kind, table = _label(routed)
+        if keys is not None and (keys.wanted or keys.failed):
+            return self._key_wait(keys, snapshot, lanes, kind, table)
         note: UnitNote | None = None
-        lanes = self._lanes_for(snapshot)
         if (lanes.active or facts.pinned_shop is not None) and not _autocommit_read(routed, facts, lanes):
             view = UnitView(unit, routed, items, touch(routed.statements, routed.identifications,
                             snapshot.tenant_tables, shadowed), (kind, table))
@@ -209,6 +218,32 @@ class Dispatcher:
             for shop in state.dirty:
                 state.markers[shop] = self.mirror.write_marker(shop if shop is not None else 0)
             state.dirty.clear()
+
+    # --- routing by key -----------------------------------------------------------------
+    def _key_scope(self, snapshot: CatalogSnapshot, lanes: Lanes) -> KeyScope | None:
+        """Keys are looked up once some shop owns its rows (tenant_primary, retired); consistent
+        foreign keys spread pins always."""
+        directory = self.keys
+        facts = snapshot.keys
+        if directory is None or not (facts.foreign_keys or (lanes.primary and facts.key_columns)):
+            return None
+        return directory.scope(facts, lookups=bool(lanes.primary))
+
+    def _key_wait(self, keys: KeyScope, snapshot: CatalogSnapshot, lanes: Lanes, kind: str,
+                  table: str) -> Decision:
+        """Refuse when a lookup failed; else hold the unit until its keys' shops are known."""
+        if keys.failed:
+            return Refuse(None, "key_lookup_failed", kind=kind, table=table,
+                          error=Refusal(NOT_ATOMIC, "pgtenantproxy: " + keys.failed[0], _KEY_HINT))
+        directory = keys.directory
+        done = directory.request(keys.wanted, snapshot.keys, lanes.primary)
+        first = min(keys.wanted)
+        timeout = Refusal(NOT_ATOMIC, f"pgtenantproxy: the shop of key {first[1]} of {first[0]} could not be "
+                          f"looked up within {directory.timeout:g} s", _KEY_HINT)
+        return Hold(None, "key_lookup", kind=kind, table=table, held=lambda: not done.done(),
+                    hold_s=directory.timeout + 1.0,
+                    wake=lambda callback: done.add_done_callback(lambda _f: callback()),
+                    timeout_error=timeout)
 
     # --- write routing and the readiness recorder ---------------------------------------
     def _lanes_for(self, snapshot: CatalogSnapshot) -> Lanes:

@@ -37,12 +37,14 @@ from pgtenantproxy.config import Config, TenantServerSection
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.dispatcher import Dispatcher, MirrorView
 from pgtenantproxy.dispatch.items import unit_items
+from pgtenantproxy.dispatch.key_directory import KeyDirectory
 from pgtenantproxy.dispatch.routing_state import EffectiveStrategy, RoutingState, effective, effective_routing
 from pgtenantproxy.dispatch.shadow import ShadowReader
 from pgtenantproxy.lifecycle.instances import forget
 from pgtenantproxy.pools.connection import ServerTarget
 from pgtenantproxy.pools.pool import PoolManager, TenantPool
 from pgtenantproxy.routing import Router
+from pgtenantproxy.tenancy.registry import connect_tenant
 from pgtenantproxy.tenancy.servers import unified_connect_kwargs
 from pgtenantproxy.tenancy.service import TenancyService
 
@@ -67,7 +69,7 @@ class RoutingRuntime:
     async def start(
         cls, config: Config, *, mirror: MirrorView | None = None, listen: bool = True
     ) -> RoutingRuntime:
-        tenancy = await TenancyService.open(config, need_key=True, pool_size=4)
+        tenancy = await TenancyService.open(config, need_key=True, pool_size=8)
         pools, unified_pools = _pool_managers(config, tenancy)
         catalog = TenantCatalog(config.tenancy, interval=config.routing.catalog_refresh_ms / 1000)
         async with tenancy.pool.acquire() as conn:
@@ -88,6 +90,7 @@ class RoutingRuntime:
         )
         dispatcher.hold_timeout = config.routing.write_hold_timeout_ms / 1000
         dispatcher.conflicts.start(tenancy.pool)
+        dispatcher.keys = _key_directory(config, tenancy)
         runtime = cls(config, tenancy, catalog, pools, unified_pools, dispatcher, None, state)
         runtime._apply_shadow(config)
         catalog.on_change.append(runtime._on_catalog)
@@ -152,6 +155,10 @@ class RoutingRuntime:
         d.log_inconsistencies = config.routing.log_inconsistencies
         d.fallback_enabled = config.routing.enable_fallback
         d.hold_timeout = config.routing.write_hold_timeout_ms / 1000
+        if d.keys is not None:
+            d.keys.cache_size = config.routing.key_cache_size
+            d.keys.timeout = config.routing.key_lookup_timeout_ms / 1000
+            d.keys.confirm_limit = config.routing.key_confirm_limit
         self.pools.config = config.pools
         self.pools.ban_ms = config.routing.fallback_ban_ms
         self.unified_pools.config = config.pools
@@ -195,6 +202,8 @@ class RoutingRuntime:
             logger.info("could not remove this instance from proxy_instances: %s", exc)
         await self.pools.close()
         await self.unified_pools.close()
+        if self.dispatcher.keys is not None:
+            await self.dispatcher.keys.close()
         await self.tenancy.close()
 
 
@@ -206,6 +215,20 @@ def _router(config: Config, state: RoutingState | None, old: Router | None) -> R
     routing = effective_routing(config.routing, state)
     return Router.from_config(
         dataclasses.replace(config, routing=routing), analyser=old.analyser if old is not None else None
+    )
+
+
+def _key_directory(config: Config, tenancy: TenancyService) -> KeyDirectory:
+    """Routing by key: lookups on unified share the control plane's pool; confirmations on a
+    cut-over shop's database connect as the shop's own role."""
+    routing = config.routing
+    return KeyDirectory(
+        unified=tenancy.pool.acquire,
+        tenant_connect=lambda shop: connect_tenant(tenancy.registry, shop),
+        tenant_column=config.tenancy.tenant_column,
+        cache_size=routing.key_cache_size,
+        timeout=routing.key_lookup_timeout_ms / 1000,
+        confirm_limit=routing.key_confirm_limit,
     )
 
 

@@ -44,6 +44,7 @@ from pgtenantproxy.protocol.local_answers import answerable
 from pgtenantproxy.routing import BatchItem, RoutedUnit
 from pgtenantproxy.routing.model import StatementAnalysis
 from pgtenantproxy.routing.primary import Touch
+from pgtenantproxy.routing.tables import is_tenant_table
 from pgtenantproxy.session.decision import AnswerBegin, AnswerEnd, Decision, Hold, Refusal, Refuse, ToTenant
 from pgtenantproxy.session.facts import SessionFacts
 
@@ -116,7 +117,62 @@ def write_decision(
         if written:
             shop = min(written)
             return _refuse(shop, _unified_message(shop, facts), kind, table)
+        return _unplaced(view, facts, lanes, tenant_tables)
     return None
+
+
+_WHY = {
+    "unpinned_table": "it does not name the shop of its rows (no shop_id condition, no key of a known shop)",
+    "no_shop": "it does not name the shop of its rows (no shop_id condition, no key of a known shop)",
+    "multiple_shops": "it names rows of several shops",
+    "conflict": "its shop declarations disagree",
+    "unresolved": "a shop_id parameter has no usable value",
+    "invalid_claim": "the session's shop setting is not a shop id",
+}
+
+
+def _unplaced(view: UnitView, facts: SessionFacts, lanes: Lanes, tenant_tables: Set[str]) -> Decision | None:
+    """Never a silent no-op, never a stale answer: a unit bound for unified that may touch the rows of a
+    shop whose rows live on its own database is refused (DDL aside: it reaches unified as before)."""
+    touch, (kind, table) = view.touch, view.label
+    routed = view.routed
+    if any(stmt.kind == "ddl" for stmt in routed.statements):
+        return None
+    primary = sorted(touch.shops & lanes.primary)
+    if primary:
+        shop = primary[0]
+        if facts.tx_status != c.TX_IDLE:
+            why = "inside a transaction that began on the unified database"
+        elif touch.global_tables:
+            why = "together with global tables (or a temporary table)"
+        elif len(touch.shops) > 1 or touch.unknown:
+            why = "together with other shops' rows"
+        else:
+            why = "with a statement that cannot run on a shop's own database (SET, COPY, CALL, a function " \
+                  "outside the allow-list...)"
+        message = (f"pgtenantproxy: shop {shop}'s rows live on its own database since its cutover; this "
+                   f"statement touches them {why}, and unified's copy is no answer")
+        return _refuse(shop, message, kind, table)
+    if not touch.unknown:
+        return None
+    for stmt, ident in zip(routed.statements, routed.identifications, strict=True):
+        if ident.shop_id is not None or ident.reason == "nowhere":
+            continue
+        tenant = [o.table for o in stmt.occurrences if is_tenant_table(o.table, tenant_tables)]
+        if tenant:
+            shown = sorted(lanes.primary)
+            shops = ", ".join(str(s) for s in shown[:5]) + (", ..." if len(shown) > 5 else "")
+            message = (f"pgtenantproxy: this statement touches {tenant[0]}, but "
+                       f"{_WHY.get(ident.reason, ident.reason)}; shops {shops} have their rows on their own "
+                       "databases since their cutover, so running it on unified could change nothing or read "
+                       "a stale copy")
+            return Refuse(None, "unplaced", kind=kind, table=tenant[0],
+                          error=Refusal(NOT_ATOMIC, message, _UNPLACED_HINT))
+    return None
+
+
+_UNPLACED_HINT = ("Name the shop (WHERE shop_id = ..., SET pgtenantproxy.shop_id, or a key of one shop); "
+                  "see docs/routing.md, \"Statement shapes after cutover\".")
 
 
 def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision | None:

@@ -101,8 +101,10 @@ async def read_fk_proofs(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[FkPro
     rows = await conn.fetch("SELECT child, name, child_cols, parent, parent_cols, consistent, cross_refs, "
                             "samples FROM pgtenantproxy.fk_proofs ORDER BY child, name")
     return tuple(
-        FkProof(ForeignKey(r["child"], r["name"], tuple(r["child_cols"]), r["parent"], tuple(r["parent_cols"])),
-                bool(r["consistent"]), int(r["cross_refs"]), tuple(json.loads(r["samples"])))
+        FkProof(
+            ForeignKey(r["child"], r["name"], tuple(r["child_cols"]), r["parent"], tuple(r["parent_cols"])),
+            bool(r["consistent"]), int(r["cross_refs"]), tuple(json.loads(r["samples"])),
+        )
         for r in rows
     )
 

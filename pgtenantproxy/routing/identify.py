@@ -216,6 +216,9 @@ class QueryShops:
     shops: frozenset[int]
     unpinned: bool  # some tenant-table occurrence has no pin
     unresolved: bool  # some pin is a parameter without a usable value
+    pending: bool = False  # some key's shop is being looked up (routing/keys.py)
+    #: Every tenant-table occurrence is restricted to keys that exist nowhere: it touches no row.
+    nowhere: bool = False
 
 
 def query_shops(stmt: StatementAnalysis, params: BoundParams | None, tenant_tables: Set[str]) -> QueryShops:
@@ -246,9 +249,16 @@ def identify(
     claims: Sequence[Claim | None] = (),
     params: BoundParams | None = None,
     tenant_tables: Set[str],
+    query: QueryShops | None = None,
 ) -> Identification:
-    """The statement's shop from the listed sources, or why there is none."""
-    query = query_shops(stmt, params, tenant_tables)
+    """The statement's shop from the listed sources, or why there is none.
+
+    ``query``: the query's own evidence when the caller computed it already (routing by key).
+    """
+    if query is None:
+        query = query_shops(stmt, params, tenant_tables)
+    if query.pending:
+        return _none("key_pending")
     if query.unresolved:
         return _none("unresolved")
     if len(query.shops) > 1:
@@ -261,7 +271,7 @@ def identify(
         return _none("conflict")
     use_query = "query" in order and bool(query.shops)
     if not declared and not use_query:
-        return _none("no_shop")
+        return _none("nowhere" if query.nowhere else "no_shop")
     if not declared and query.unpinned:
         return _none("unpinned_table")
     (shop,) = named

@@ -51,6 +51,41 @@ class TableOccurrence:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyValue:
+    """What a key column is compared with: a literal (as text), or a ``$n`` parameter.
+
+    ``array``: the value is a list of keys (``= ANY($1)``, ``= ANY('{1,2}')``);
+    ``IN (1, 2)`` is recorded as several values instead.
+    """
+
+    text: str | None = None
+    param: int | None = None
+    cast: str | None = None
+    array: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCondition:
+    """``occurrence.column = value [OR ...]`` among the AND-ed conditions restricting the occurrence."""
+
+    occ: int
+    column: str
+    values: tuple[KeyValue, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnEdge:
+    """``a.a_col = b.b_col`` between two occurrences (not the tenant column): rows of ``b`` that can
+    affect the result match a row of ``a`` (and the other way round when ``both``)."""
+
+    a: int
+    a_col: str
+    b: int
+    b_col: str
+    both: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class SetShop:
     """A change of ``pgtenantproxy.shop_id`` made by a statement.
 
@@ -94,6 +129,13 @@ class StatementAnalysis:
     temp_tables: tuple[str, ...] = ()
     #: Why the statement is not understood.
     note: str | None = None
+    #: Key equalities on table occurrences (routing by key), and equalities between occurrences'
+    #: columns (pins follow proven foreign keys along them).
+    keys: tuple[KeyCondition, ...] = ()
+    edges: tuple[ColumnEdge, ...] = ()
+    #: Tenant-column links between occurrences, as (from, to, both): pins found at routing time
+    #: (keys, foreign keys) spread along them too.
+    links: tuple[tuple[int, int, bool], ...] = ()
 
     @property
     def tables(self) -> tuple[str, ...]:

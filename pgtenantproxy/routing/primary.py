@@ -113,7 +113,7 @@ def touch(
                 tenant = True
         if tenant:
             if ident.shop_id is None:
-                unknown = True
+                unknown = unknown or ident.reason != "nowhere"  # keys that exist nowhere touch no row
             else:
                 shops.add(ident.shop_id)
     movable = movable and not global_tables

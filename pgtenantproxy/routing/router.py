@@ -24,6 +24,7 @@ from pgtenantproxy.routing.identify import (
     identify,
     set_claim,
 )
+from pgtenantproxy.routing.keys import KeyView, keyed_query_shops, wants_keys
 from pgtenantproxy.routing.model import Analysis, StatementAnalysis
 from pgtenantproxy.routing.session_shop import SessionShop
 from pgtenantproxy.routing.strategy import Eligibility, Strategy
@@ -74,6 +75,7 @@ class Router:
         startup: Claim | None = None,
         session: SessionShop | None = None,
         shadowed: Set[str] = frozenset(),
+        keys: KeyView | None = None,
     ) -> RoutedUnit:
         analyses = tuple(self.analyser.analyse(item.sql) for item in items)
         session_claim = set_claim(session) if session is not None else None
@@ -83,10 +85,12 @@ class Router:
             claims = (startup, session_claim, comment_claim(analysis))
             for stmt in analysis.statements:
                 statements.append(stmt)
+                query = None
+                if keys is not None and wants_keys(stmt):
+                    query = keyed_query_shops(stmt, item.params, tenant_tables, keys)
                 idents.append(
-                    identify(
-                        stmt, order=self.order, claims=claims, params=item.params, tenant_tables=tenant_tables
-                    )
+                    identify(stmt, order=self.order, claims=claims, params=item.params,
+                             tenant_tables=tenant_tables, query=query)
                 )
         route = decide(
             statements,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pgtenantproxy.routing.model import UNKNOWN_REF, ShopRef
+from pgtenantproxy.routing.model import UNKNOWN_REF, KeyValue, ShopRef
 
 Node = dict[str, Any]
 
@@ -82,3 +82,57 @@ def single_array_element(node: Any) -> Any:
             if int_text(inner) is not None:
                 return {"A_Const": {"sval": {"sval": inner}}}
     return None
+
+
+def key_value(node: Any, cast: str | None = None) -> KeyValue | None:
+    """A value a key column is compared with: a literal (kept as its text) or ``$n``, under casts."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return None
+    ((key, body),) = node.items()
+    if key == "A_Const":
+        if "ival" in body:
+            return KeyValue(text=str(body["ival"].get("ival", 0)), cast=cast)
+        for kind in ("fval", "sval"):
+            if kind in body:
+                return KeyValue(text=str(body[kind].get(kind, "")), cast=cast)
+        return None  # NULL, booleans, bit strings: no key
+    if key == "ParamRef":
+        number = body.get("number", 0)
+        return KeyValue(param=number, cast=cast) if number > 0 else None
+    if key == "TypeCast":
+        type_name = body.get("typeName", {})
+        if type_name.get("arrayBounds"):
+            return None
+        return key_value(body.get("arg"), _type_name(type_name))  # innermost cast types the parameter
+    return None
+
+
+def key_list(node: Any, cast: str | None = None) -> tuple[KeyValue, ...] | None:
+    """The keys of ``= ANY(node)``: ``ARRAY[...]``, an array literal ``'{1,2}'``, or an array ``$n``."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return None
+    ((key, body),) = node.items()
+    if key == "A_ArrayExpr":
+        values = [key_value(e, cast) for e in body.get("elements", ())]
+        return tuple(v for v in values if v is not None) if values and None not in values else None
+    if key == "ParamRef":
+        number = body.get("number", 0)
+        return (KeyValue(param=number, cast=cast, array=True),) if number > 0 else None
+    if key == "TypeCast" and body.get("typeName", {}).get("arrayBounds"):
+        return key_list(body.get("arg"), _type_name(body["typeName"]))
+    if key == "A_Const" and "sval" in body:
+        elements = array_literal(body["sval"].get("sval", ""))
+        return None if elements is None else tuple(KeyValue(text=e, cast=cast) for e in elements)
+    return None
+
+
+def array_literal(text: str) -> list[str] | None:
+    """The elements of a one-dimensional array literal without quoting (``{1,2,3}``), or None."""
+    text = text.strip()
+    if not (text.startswith("{") and text.endswith("}")) or any(ch in text[1:-1] for ch in '{}"\\'):
+        return None
+    inner = text[1:-1].strip()
+    if not inner:
+        return []
+    elements = [e.strip() for e in inner.split(",")]
+    return None if any(not e or e.upper() == "NULL" for e in elements) else elements

@@ -44,6 +44,9 @@ from pgtenantproxy.routing import functions
 from pgtenantproxy.routing.model import (
     SHOP_SETTING,
     UNKNOWN_REF,
+    ColumnEdge,
+    KeyCondition,
+    KeyValue,
     SetShop,
     ShopRef,
     StatementAnalysis,
@@ -63,7 +66,7 @@ from pgtenantproxy.routing.scope import (
     equality_sides,
     strings,
 )
-from pgtenantproxy.routing.values import const_value, int_text, value_ref
+from pgtenantproxy.routing.values import const_value, int_text, key_list, key_value, value_ref
 
 __all__ = ["SHOP_SETTING", "Node", "StatementWalker"]
 
@@ -89,6 +92,9 @@ class StatementWalker:
         self.has_locking = False
         self.set_shop: SetShop | None = None
         self.note: str | None = None
+        self.keys: list[KeyCondition] = []
+        self.edges: list[ColumnEdge] = []
+        self._walked: set[int] = set()
 
     def fail(self, why: str) -> None:
         if self.note is None:
@@ -359,34 +365,114 @@ class StatementWalker:
         for conj in conjuncts(expr):
             a = conj.get("A_Expr") if isinstance(conj, dict) else None
             sides = equality_sides(a) if a is not None else None
-            if sides is None:
-                continue
-            lhs, rhs, reversible = sides
-            left, right = self._column(scope, lhs), self._column(scope, rhs)
+            left = right = None
+            if sides is not None:
+                lhs, rhs, reversible = sides
+                left, right = self._column(scope, lhs), self._column(scope, rhs)
+                if left is not None and right is not None:
+                    self._link(left, right, nullable)
+                elif left is not None:
+                    self._pin(left, value_ref(rhs), nullable)
+                elif right is not None and reversible:
+                    self._pin(right, value_ref(lhs), nullable)
+            if left is None and right is None:
+                self._key_conjunct(scope, conj, nullable)
+
+    # -- keys and column equalities (routing by key, pins along foreign keys) -----------------
+
+    def _key_conjunct(self, scope: Scope, conj: Any, nullable: frozenset[int] | None) -> None:
+        """``t.key = value``, ``IN (...)``, ``= ANY(...)``, ``a.x = b.y``, ``x IN (SELECT y ...)``."""
+        if not isinstance(conj, dict):
+            return
+        if "SubLink" in conj:
+            self._in_subquery(scope, conj["SubLink"], nullable)
+            return
+        a = conj.get("A_Expr")
+        if a is None or strings(a.get("name")) not in (["="], ["pg_catalog", "="]):
+            return
+        kind, lexpr, rexpr = a.get("kind"), a.get("lexpr"), a.get("rexpr")
+        left = self._any_column(scope, lexpr)
+        values: tuple[KeyValue, ...] | None = None
+        if kind in ("AEXPR_OP", "AEXPR_NOT_DISTINCT"):
+            right = self._any_column(scope, rexpr)
             if left is not None and right is not None:
-                self._link(left, right, nullable)
-            elif left is not None:
-                self._pin(left, value_ref(rhs), nullable)
-            elif right is not None and reversible:
-                self._pin(right, value_ref(lhs), nullable)
+                self._edge(left, right, nullable)
+                return
+            column, other = (left, rexpr) if left is not None else (right, lexpr)
+            value = key_value(other)
+            values = (value,) if value is not None else None
+        elif kind == "AEXPR_IN" and isinstance(rexpr, dict):
+            column = left
+            found = [key_value(item) for item in rexpr.get("List", {}).get("items", ())]
+            values = tuple(v for v in found if v is not None) if found and None not in found else None
+        elif kind == "AEXPR_OP_ANY":
+            column, values = left, key_list(rexpr)
+        else:
+            return
+        if column is None or values is None:
+            return
+        ref, local, name = column
+        if local and not ref.derived and name != self.col and (nullable is None or ref.occ in nullable):
+            self.keys.append(KeyCondition(ref.occ, name, values))
+
+    def _edge(
+        self, a: tuple[Ref, bool, str], b: tuple[Ref, bool, str], nullable: frozenset[int] | None
+    ) -> None:
+        (ra, la, na), (rb, lb, nb) = a, b
+        if ra.derived or rb.derived or ra.occ == rb.occ or self.col in (na, nb) or not (la or lb):
+            return
+        if not la or not lb:  # correlation: from the outer occurrence to the inner one
+            (outer, oc), (inner, ic) = ((ra, na), (rb, nb)) if lb else ((rb, nb), (ra, na))
+            if nullable is None or inner.occ in nullable:
+                self.edges.append(ColumnEdge(outer.occ, oc, inner.occ, ic, both=False))
+        elif nullable is None or (ra.occ in nullable and rb.occ in nullable):
+            self.edges.append(ColumnEdge(ra.occ, na, rb.occ, nb))
+        elif rb.occ in nullable:
+            self.edges.append(ColumnEdge(ra.occ, na, rb.occ, nb, both=False))
+        elif ra.occ in nullable:
+            self.edges.append(ColumnEdge(rb.occ, nb, ra.occ, na, both=False))
+
+    def _in_subquery(self, scope: Scope, link: Node, nullable: frozenset[int] | None) -> None:
+        """``outer.x IN (SELECT inner.y ...)``: the outer rows that count match a row of the inner one."""
+        if link.get("subLinkType") != "ANY_SUBLINK" or strings(link.get("operName")) not in ([], ["="]):
+            return
+        outer = self._any_column(scope, link.get("testexpr"))
+        body = (link.get("subselect") or {}).get("SelectStmt")
+        if outer is None or not outer[1] or outer[0].derived or body is None or outer[2] == self.col:
+            return
+        if nullable is not None and outer[0].occ not in nullable:
+            return
+        inner_scope = self.select(scope, body)
+        self._walked.add(id(link))
+        targets = body.get("targetList", ())
+        if body.get("op", "SETOP_NONE") != "SETOP_NONE" or len(targets) != 1:
+            return
+        inner = self._any_column(inner_scope, targets[0].get("ResTarget", {}).get("val"))
+        if inner is not None and inner[1] and not inner[0].derived and inner[2] != self.col:
+            self.edges.append(ColumnEdge(inner[0].occ, inner[2], outer[0].occ, outer[2], both=False))
 
     def _column(self, scope: Scope, node: Any) -> Column | None:
         """Whose tenant column ``node`` is, if it plainly is one."""
+        found = self._any_column(scope, node)
+        return found[:2] if found is not None and found[2] == self.col else None
+
+    def _any_column(self, scope: Scope, node: Any) -> tuple[Ref, bool, str] | None:
+        """(whose, local, column name) of a plain column reference, if it can be told."""
         if not isinstance(node, dict) or "ColumnRef" not in node:
             return None
         fields = node["ColumnRef"].get("fields", ())
         names = strings(fields)
-        if len(names) != len(fields) or not names or names[-1] != self.col:
+        if len(names) != len(fields) or not names:
             return None
         qual = names[:-1]
         if not qual:
-            return (scope.owner, True) if scope.owner is not None else None
+            return (scope.owner, True, names[-1]) if scope.owner is not None else None
         current: Scope | None = scope
         local = True
         while current is not None:
             found, ref = current.find(qual)
             if found:
-                return (ref, local) if ref is not None else None
+                return (ref, local, names[-1]) if ref is not None else None
             current, local = current.parent, False
         return None
 
@@ -441,7 +527,8 @@ class StatementWalker:
             ((key, body),) = node.items()
             if key == "SubLink":
                 self.expr(scope, body.get("testexpr"))
-                self.query(scope, body.get("subselect"))
+                if id(body) not in self._walked:  # else walked already by _in_subquery
+                    self.query(scope, body.get("subselect"))
                 return
             if key in _MISPLACED:
                 self.fail(f"{key} inside an expression")
@@ -525,6 +612,10 @@ class StatementWalker:
             "set_shop": self.set_shop,
             "temp_tables": tuple(self.temp_tables),
             "note": self.note,
+            "keys": tuple(self.keys),
+            "edges": tuple(self.edges),
+            "links": tuple((a, b, True) for a, b in self.undirected)
+            + tuple((a, b, False) for a, b in self.directed),
         }
         values.update(extra)
         return StatementAnalysis(**values)

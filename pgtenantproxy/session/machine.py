@@ -261,7 +261,7 @@ class SessionMachine:
             decision = ToUnified(reason="router_error")
         if self.tx is TxPlace.LOST:
             return Refuse(self._lost_shop, "lost_transaction", error=lost_transaction(self._lost_shop))
-        if self.tx is TxPlace.PINNED:
+        if self.tx is TxPlace.PINNED and not isinstance(decision, Hold):  # a key lookup may hold it
             pinned = self.facts.pinned_shop
             if isinstance(decision, ToTenant) and decision.shop_id == pinned:
                 return decision if decision.primary else dataclasses.replace(decision, primary=True)
@@ -645,8 +645,8 @@ class SessionMachine:
         if held.decision.held():
             error = held.decision.timeout_error
             if error is None:
-                logger.info("shop %s: a unit waited %.1f s for a cutover hold; refused", held.decision.shop_id,
-                            held.decision.hold_s)
+                logger.info("shop %s: a unit waited %.1f s for a cutover hold; refused",
+                            held.decision.shop_id, held.decision.hold_s)
                 error = hold_timeout_error(held.decision.shop_id)
             self._refuse(held.decision, error)
         else:

@@ -1,0 +1,293 @@
+"""Which shop owns a key: the proxy's side of routing by key (Vitess's lookup vindex, in place).
+
+A key's shop is found, in this order:
+
+1. **id blocks** (no I/O): an integer key inside a block reserved for a shop's
+   own database was drawn there (:mod:`pgtenantproxy.lifecycle.keys`);
+2. **the cache**: a bounded LRU of keys already looked up (a key never changes
+   shop: keys are unique, and a row's shop is only changed by a statement the
+   router refuses as touching two shops);
+3. **unified's own table** (one indexed query for all of a unit's keys of a
+   table): every shop's rows but retired ones, reverse-mirrored ones included;
+4. **the key directory** (``key_directory`` ranges and ``key_directory_text``):
+   the keys retired shops had when they were retired;
+5. **confirmation**: a key found nowhere above may have been created on a
+   cut-over shop's own database and not yet reverse-mirrored (or created after
+   retirement with an app-assigned key), so it is looked for on every
+   ``tenant_primary``/``retired`` shop's database, at most ``[routing]
+   key_confirm_limit`` of them (beyond that the statement is refused, never
+   guessed). Only then is the key *nowhere*: the statement touches no row and
+   runs where PostgreSQL's own answer (``UPDATE 0``, no rows) comes from.
+
+"Nowhere" is never cached (the key may be created a moment later): it is
+handed once to the decision that asked. Lookups run in the background; the
+session holds its unit (:class:`~pgtenantproxy.session.decision.Hold`, woken
+when the lookup ends) and decides it again. A lookup that fails or takes
+longer than ``key_lookup_timeout_ms`` refuses the statement (0A000): never a
+guess that could turn a write into a silent no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from pgtenantproxy.dispatch.key_facts import KeyFacts
+from pgtenantproxy.routing.keys import PENDING, KeyShop, canonical
+from pgtenantproxy.tenancy.sql import QualifiedName, ident
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (table label, canonical key text)
+_ARRAY_TYPES = {"int": "int8[]", "uuid": "uuid[]", "text": "text[]"}
+
+
+class KeyLookupError(Exception):
+    """A key's shop could not be established (the statement is refused)."""
+
+
+@dataclass
+class KeyStats:
+    hits: int = 0
+    misses: int = 0
+    block_hits: int = 0
+    lookups: int = 0
+    confirmed: int = 0
+    nowhere: int = 0
+    failures: int = 0
+
+
+@dataclass
+class KeyScope:
+    """One routing decision's view of the directory (:class:`~pgtenantproxy.routing.keys.KeyView`)."""
+
+    directory: KeyDirectory
+    facts: KeyFacts
+    lookups: bool
+    wanted: set[Key] = field(default_factory=set)
+    failed: list[str] = field(default_factory=list)
+    _seen: dict[Key, int | None] = field(default_factory=dict)
+
+    def key_column(self, table: str) -> str | None:
+        if not self.lookups:
+            return None
+        found = self.facts.key_columns.get(table)
+        return found[0] if found is not None else None
+
+    def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
+        return self.facts.consistent(a, a_col, b, b_col)
+
+    def shop_of(self, table: str, key: str) -> KeyShop:
+        column, kind = self.facts.key_columns[table]
+        text = canonical(key, kind)
+        if text is None:
+            return None  # not a value of the key's type: PostgreSQL answers the error wherever it runs
+        directory = self.directory
+        if kind == "int":
+            shop = self.facts.block_shop(table, column, int(text))
+            if shop is not None:
+                directory.stats.block_hits += 1
+                return shop
+        k = (table, text)
+        if k in self._seen:
+            return self._seen[k]
+        found = directory.answer(k)
+        if isinstance(found, KeyLookupError):
+            self.failed.append(str(found))
+            return PENDING
+        if found is not PENDING:
+            self._seen[k] = found  # type: ignore[assignment]
+            return found
+        self.wanted.add(k)
+        return PENDING
+
+
+class KeyDirectory:
+    def __init__(
+        self,
+        *,
+        unified: Callable[[], Any],
+        tenant_connect: Callable[[int], Awaitable[asyncpg.Connection]],
+        tenant_column: str,
+        cache_size: int = 100_000,
+        timeout: float = 2.0,
+        confirm_limit: int = 32,
+    ) -> None:
+        self._unified = unified  # () -> an asyncpg pool's acquire() context
+        self._tenant_connect = tenant_connect
+        self.tenant_column = tenant_column
+        self.cache_size = cache_size
+        self.timeout = timeout
+        self.confirm_limit = confirm_limit
+        self.stats = KeyStats()
+        self._cache: OrderedDict[Key, int] = OrderedDict()
+        self._once: dict[Key, int | KeyLookupError | None] = {}
+        self._pending: dict[Key, asyncio.Future[None]] = {}
+        self._tenants: dict[int, asyncpg.Connection] = {}
+        self._tenant_locks: dict[int, asyncio.Lock] = {}
+
+    def scope(self, facts: KeyFacts, *, lookups: bool) -> KeyScope:
+        return KeyScope(self, facts, lookups)
+
+    def answer(self, key: Key) -> KeyShop | KeyLookupError:
+        """What is known of ``key`` now: a shop, nowhere/failure (handed out once), or PENDING."""
+        cache = self._cache
+        shop = cache.get(key)
+        if shop is not None:
+            cache.move_to_end(key)
+            self.stats.hits += 1
+            return shop
+        if key in self._once and key not in self._pending:
+            return self._once.pop(key)
+        self.stats.misses += 1
+        return PENDING
+
+    def request(self, keys: Iterable[Key], facts: KeyFacts, own: Iterable[int]) -> asyncio.Future[None]:
+        """Look ``keys`` up (those not already being looked up); the future ends when all are known."""
+        loop = asyncio.get_running_loop()
+        waits = [self._pending[k] for k in keys if k in self._pending]
+        fresh = [k for k in keys if k not in self._pending]
+        if fresh:
+            task = loop.create_task(self._lookup(fresh, facts, sorted(own)))
+            done: asyncio.Future[None] = loop.create_future()
+            task.add_done_callback(lambda _t: _finish(done))
+            for k in fresh:
+                self._pending[k] = done
+            waits.append(done)
+        if len(waits) == 1:
+            return waits[0]
+        return asyncio.ensure_future(_all(waits))
+
+    async def _lookup(self, keys: list[Key], facts: KeyFacts, own: list[int]) -> None:
+        self.stats.lookups += 1
+        by_table: dict[str, list[str]] = {}
+        for table, text in keys:
+            by_table.setdefault(table, []).append(text)
+        try:
+            async with asyncio.timeout(self.timeout):
+                for table, texts in by_table.items():
+                    found = await self._resolve(table, texts, facts, own)
+                    for text in texts:
+                        self._store((table, text), found.get(text))
+        except Exception as exc:  # a failed lookup refuses the statement, never guesses
+            self.stats.failures += 1
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or exc.__class__.__name__
+            logger.warning("routing by key: lookup of %d key(s) failed: %s", len(keys), reason)
+            for k in keys:
+                if k not in self._cache and k not in self._once:
+                    self._once[k] = KeyLookupError(
+                        f"the shop of a key of {k[0]} could not be looked up: {reason}")
+        finally:
+            for k in keys:
+                self._pending.pop(k, None)
+
+    def _store(self, key: Key, shop: int | None) -> None:
+        if shop is None:
+            self.stats.nowhere += 1
+            self._once[key] = None
+            return
+        cache = self._cache
+        cache[key] = shop
+        cache.move_to_end(key)
+        if len(cache) > self.cache_size:
+            cache.popitem(last=False)
+
+    # --- the lookup, step by step ------------------------------------------------------------
+    async def _resolve(self, table: str, texts: list[str], facts: KeyFacts, own: list[int]) -> dict[str, int]:
+        column, kind = facts.key_columns[table]
+        select = self._select(table, column, kind)
+        values = _typed(texts, kind)
+        async with self._unified() as conn:
+            found = {r[0]: int(r[1]) for r in await conn.fetch(select, values)}
+            missing = [t for t in texts if t not in found]
+            candidates = await _directory(conn, table, kind, missing) if missing else {}
+        confirm: dict[int, list[str]] = {}
+        for text in missing:
+            shops = candidates.get(text)
+            if shops is not None and len(shops) == 1:
+                found[text] = next(iter(shops))
+                continue
+            where = sorted(shops) if shops else own
+            if len(where) > self.confirm_limit:
+                raise KeyLookupError(
+                    f"key {text} of {table} is neither in unified nor in the key directory, and looking "
+                    f"for it on {len(where)} shops' databases exceeds [routing] key_confirm_limit "
+                    f"({self.confirm_limit})")
+            for shop in where:
+                confirm.setdefault(shop, []).append(text)
+        for shop, keys in confirm.items():
+            self.stats.confirmed += 1
+            for text in await self._on_tenant(shop, select, _typed(keys, kind)):
+                if text in found and found[text] != shop:
+                    raise KeyLookupError(f"key {text} of {table} exists on shops {found[text]} and {shop}")
+                found[text] = shop
+        return found
+
+    def _select(self, table: str, column: str, kind: str) -> str:
+        col = ident(column)
+        return (f"SELECT {col}::text, {ident(self.tenant_column)} FROM {QualifiedName.parse(table).sql} "
+                f"WHERE {col} = ANY($1::{_ARRAY_TYPES[kind]})")
+
+    async def _on_tenant(self, shop: int, select: str, values: list[Any]) -> list[str]:
+        lock = self._tenant_locks.setdefault(shop, asyncio.Lock())
+        async with lock:
+            conn = self._tenants.get(shop)
+            if conn is None or conn.is_closed():
+                conn = self._tenants[shop] = await self._tenant_connect(shop)
+            try:
+                return [r[0] for r in await conn.fetch(select, values)]
+            except (asyncpg.InterfaceError, OSError):
+                self._tenants.pop(shop, None)
+                raise
+
+    async def close(self) -> None:
+        conns, self._tenants = list(self._tenants.values()), {}
+        for conn in conns:
+            try:
+                await asyncio.wait_for(conn.close(), 2.0)
+            except Exception:
+                conn.terminate()
+
+
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+async def _all(waits: list[asyncio.Future[None]]) -> None:
+    await asyncio.gather(*waits)
+
+
+def _typed(texts: list[str], kind: str) -> list[Any]:
+    if kind == "int":
+        return [int(t) for t in texts]
+    if kind == "uuid":
+        return [uuid.UUID(t) for t in texts]
+    return texts
+
+
+async def _directory(
+    conn: asyncpg.Connection, table: str, kind: str, texts: list[str]
+) -> dict[str, set[int]]:
+    """Retired shops' keys: the shops whose directory entries cover each key."""
+    if kind == "int":
+        rows = await conn.fetch(
+            "SELECT k::text, d.shop_id FROM unnest($2::int8[]) AS k "
+            "JOIN pgtenantproxy.key_directory d ON d.tbl = $1 AND d.keys @> k",
+            table, [int(t) for t in texts])
+    else:
+        rows = await conn.fetch(
+            "SELECT key, shop_id FROM pgtenantproxy.key_directory_text "
+            "WHERE tbl = $1 AND key = ANY($2::text[])",
+            table, texts)
+    out: dict[str, set[int]] = {}
+    for r in rows:
+        out.setdefault(r[0], set()).add(int(r[1]))
+    return out

@@ -1,0 +1,72 @@
+"""What routing by key knows about the tenant tables, read with the routing catalog.
+
+* each tenant table's single-column primary key and its kind (``int`` for
+  int2/int4/int8, ``uuid``, ``text`` for text/varchar; other key types are not
+  routed by key);
+* the shop-consistent foreign keys between tenant tables
+  (:mod:`pgtenantproxy.lifecycle.keys` proofs, single-column ones);
+* the id blocks reserved for shops' own databases, per ``(table, column)``.
+
+Immutable; rebuilt whole on each catalog refresh.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from pgtenantproxy.lifecycle.keys import read_fk_proofs, read_id_blocks
+
+_KINDS = {20: "int", 21: "int", 23: "int", 2950: "uuid", 25: "text", 1043: "text"}
+
+_PRIMARY_KEYS = """
+SELECT n.nspname || '.' || c.relname AS tbl, a.attname AS col, a.atttypid::int AS typid
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+WHERE i.indisprimary AND i.indnkeyatts = 1 AND n.nspname || '.' || c.relname = ANY($1::text[])
+"""
+
+
+@dataclass(frozen=True)
+class KeyFacts:
+    #: table label -> (key column, kind)
+    key_columns: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: consistent foreign keys as (child, child column, parent, parent column)
+    foreign_keys: frozenset[tuple[str, str, str, str]] = frozenset()
+    #: (table, column) -> sorted ((first, last, shop), ...)
+    blocks: dict[tuple[str, str], tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
+
+    def block_shop(self, table: str, column: str, key: int) -> int | None:
+        """The shop whose id block holds ``key``, if any."""
+        ranges = self.blocks.get((table, column))
+        if not ranges:
+            return None
+        index = bisect.bisect_right(ranges, (key, float("inf"))) - 1
+        if index >= 0:
+            first, last, shop = ranges[index]
+            if first <= key <= last:
+                return shop
+        return None
+
+    def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
+        fks = self.foreign_keys
+        return (a, a_col, b, b_col) in fks or (b, b_col, a, a_col) in fks
+
+
+async def read_key_facts(conn: asyncpg.Connection, tenant_tables: frozenset[str]) -> KeyFacts:
+    rows = await conn.fetch(_PRIMARY_KEYS, sorted(tenant_tables))
+    columns = {r["tbl"]: (r["col"], _KINDS[r["typid"]]) for r in rows if r["typid"] in _KINDS}
+    fks = frozenset(
+        (p.fk.child, p.fk.child_cols[0], p.fk.parent, p.fk.parent_cols[0])
+        for p in await read_fk_proofs(conn)
+        if p.consistent and len(p.fk.child_cols) == 1 and p.fk.child in tenant_tables
+        and p.fk.parent in tenant_tables
+    )
+    blocks: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    for b in await read_id_blocks(conn):
+        blocks.setdefault((b.table, b.column), []).append((b.first, b.last, b.shop_id))
+    return KeyFacts(columns, fks, {k: tuple(sorted(v)) for k, v in blocks.items()})

@@ -1,0 +1,264 @@
+"""Routing by key, and pins that follow foreign keys (pure: lookups are answered by a :class:`KeyView`).
+
+After a shop's cutover an unchanged app still names rows by key alone
+(``UPDATE repairs SET status = $1 WHERE id = $2``) and joins by foreign key
+(``repairs r JOIN customers c ON c.id = r.customer_id WHERE r.shop_id = $1``).
+:func:`occurrence_shops` gives each table occurrence of a statement the shops
+whose rows it can touch, from three kinds of evidence:
+
+* its tenant-column pins (the analyser's, ``$n`` resolved from Bind);
+* a condition on the table's key column (``id = 5``, ``id = $1``, ``id IN
+  (...)``, ``id = ANY($1)``): each key's shop, from the :class:`KeyView`
+  (cache, id blocks, or a lookup the caller runs: :data:`PENDING` until then).
+  A key that exists nowhere touches no row: it adds no shop, and an occurrence
+  whose keys all exist nowhere is *empty* (it touches nothing);
+* equalities along a foreign key the view says is shop-consistent (every
+  referencing row references a row of its own shop): ``c.id = r.customer_id``
+  with ``repairs(customer_id) -> customers(id)`` gives ``c`` the shops of
+  ``r`` and the other way round, with the analyser's direction rules (outer
+  joins, correlation, ``IN (SELECT ...)`` from the subquery out). Tenant-column
+  links spread the new shops too.
+
+Invariant: a shop is added to an occurrence only when every row of it that
+can affect the result belongs to that shop (the pin rule of
+:mod:`.walker`), given that keys are unique and the foreign key consistent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence, Set
+from dataclasses import dataclass
+from typing import Protocol
+
+from pgtenantproxy.routing.identify import BoundParams, QueryShops, resolve
+from pgtenantproxy.routing.model import KeyValue, StatementAnalysis
+from pgtenantproxy.routing.tables import DEFAULT_SCHEMA, is_tenant_table
+from pgtenantproxy.routing.values import array_literal, int_text
+
+
+class Pending:
+    """A key whose shop is being looked up."""
+
+    __slots__ = ()
+
+
+PENDING = Pending()
+KeyShop = int | None | Pending  # a shop, nowhere (no such key), or not known yet
+
+
+class KeyView(Protocol):
+    """What routing asks about keys (answers from memory; misses are looked up by the caller)."""
+
+    def key_column(self, table: str) -> str | None:
+        """The table's single-column key used for routing (``table`` as ``schema.name``)."""
+
+    def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
+        """Is ``a.a_col = b.b_col`` a shop-consistent foreign key (either way round)?"""
+
+    def shop_of(self, table: str, key: str) -> KeyShop:
+        """The shop owning ``key`` (its text form), None if no shop has it, or PENDING."""
+
+
+def label(table: str) -> str:
+    """A table as written (``orders``, ``public.orders``) as ``schema.name``."""
+    return table if "." in table else f"{DEFAULT_SCHEMA}.{table}"
+
+
+@dataclass(frozen=True, slots=True)
+class OccurrenceShops:
+    """Per occurrence: the shops it touches (None: unknown), and whether some key is being looked up."""
+
+    shops: tuple[frozenset[int] | None, ...]
+    pending: bool = False
+    unresolved: bool = False  # a tenant-column pin whose $n has no usable value
+
+
+def wants_keys(stmt: StatementAnalysis) -> bool:
+    """Could keys or foreign keys tell this statement anything the pins did not?"""
+    return bool(stmt.keys or stmt.edges) and any(not o.pins for o in stmt.occurrences)
+
+
+def occurrence_shops(
+    stmt: StatementAnalysis, params: BoundParams | None, tenant_tables: Set[str], view: KeyView
+) -> OccurrenceShops:
+    occs = stmt.occurrences
+    shops: list[set[int] | None] = []
+    unresolved = pending = False
+    for occ in occs:
+        if not occ.pins:
+            shops.append(None)
+            continue
+        values = {resolve(ref, params) for ref in occ.pins}
+        unresolved = unresolved or None in values
+        shops.append({v for v in values if v is not None})
+    empty: set[int] = set()
+    for cond in stmt.keys:
+        occ = occs[cond.occ]
+        if shops[cond.occ] is not None or not is_tenant_table(occ.table, tenant_tables):
+            continue
+        table = label(occ.table)
+        if view.key_column(table) != cond.column:
+            continue
+        keys = key_texts(cond.values, params)
+        if keys is None:
+            continue
+        found: set[int] = set()
+        for key in keys:
+            shop = view.shop_of(table, key)
+            if isinstance(shop, Pending):
+                pending = True
+            elif shop is not None:
+                found.add(shop)
+        if found:
+            shops[cond.occ] = found
+        elif not pending:
+            empty.add(cond.occ)
+    _spread(stmt, shops, view)
+    out = tuple(frozenset(s) if s is not None else (frozenset() if i in empty else None)
+                for i, s in enumerate(shops))
+    return OccurrenceShops(out, pending, unresolved)
+
+
+def keyed_query_shops(
+    stmt: StatementAnalysis, params: BoundParams | None, tenant_tables: Set[str], view: KeyView
+) -> QueryShops:
+    """:func:`~pgtenantproxy.routing.identify.query_shops` with keys and foreign keys as evidence."""
+    found = occurrence_shops(stmt, params, tenant_tables, view)
+    shops: set[int] = set()
+    unpinned = tenant = False
+    for occ, touched in zip(stmt.occurrences, found.shops, strict=True):
+        if not is_tenant_table(occ.table, tenant_tables):
+            continue
+        tenant = True
+        if touched is None:
+            unpinned = True
+        else:
+            shops.update(touched)
+    nowhere = tenant and not shops and not unpinned and not found.pending
+    return QueryShops(frozenset(shops), unpinned, found.unresolved, found.pending, nowhere)
+
+
+def _spread(stmt: StatementAnalysis, shops: list[set[int] | None], view: KeyView) -> None:
+    """Shops flow along tenant-column links and consistent foreign keys until nothing changes."""
+    occs = stmt.occurrences
+    flows = [(a, b, both) for a, b, both in stmt.links]
+    for e in stmt.edges:
+        if view.consistent(label(occs[e.a].table), e.a_col, label(occs[e.b].table), e.b_col):
+            flows.append((e.a, e.b, e.both))
+    if not flows:
+        return
+    changed = True
+    while changed:
+        changed = False
+        for a, b, both in flows:
+            for src, dst in ((a, b), (b, a)) if both else ((a, b),):
+                have = shops[src]
+                if not have:
+                    continue
+                target = shops[dst]
+                if target is None:
+                    shops[dst] = set(have)
+                    changed = True
+                elif not have <= target:
+                    target |= have
+                    changed = True
+
+
+# -- key values ---------------------------------------------------------------------------------
+
+UUID_OID, INT2, INT4, INT8 = 2950, 21, 23, 20
+_TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705})
+_ARRAY_ELEMENTS = {1005: INT2, 1007: INT4, 1016: INT8, 2951: UUID_OID, 1009: 25, 1015: 1043}
+_CAST_OIDS = {"int2": INT2, "int4": INT4, "int8": INT8, "uuid": UUID_OID, "text": 25, "varchar": 1043}
+
+
+def key_texts(values: Sequence[KeyValue], params: BoundParams | None) -> list[str] | None:
+    """The keys named, as text (integers in decimal, UUIDs in canonical form), or None if unreadable."""
+    out: list[str] = []
+    for value in values:
+        if value.text is not None:
+            out.append(value.text)
+            continue
+        if params is None or value.param is None or not 0 < value.param <= len(params.values):
+            return None
+        index = value.param - 1
+        raw = params.values[index]
+        if raw is None:
+            continue  # = NULL matches nothing
+        formats = params.formats
+        fmt = formats[0] if len(formats) == 1 else (formats[index] if index < len(formats) else 0)
+        oid = params.type_oids[index] if index < len(params.type_oids) else 0
+        oid = oid or _CAST_OIDS.get(value.cast or "", 0)
+        if value.array:
+            elements = _array(raw, fmt, oid)
+            if elements is None:
+                return None
+            out.extend(elements)
+            continue
+        text = _scalar(raw, fmt, oid)
+        if text is None:
+            return None
+        out.append(text)
+    return out
+
+
+def _scalar(raw: bytes, fmt: int, oid: int) -> str | None:
+    if fmt == 0:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if oid in (INT2, INT4, INT8) or (oid == 0 and len(raw) in (2, 4, 8)):
+        return str(int.from_bytes(raw, "big", signed=True))
+    if oid == UUID_OID and len(raw) == 16:
+        return str(uuid.UUID(bytes=raw))
+    if oid in _TEXT_OIDS:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _array(raw: bytes, fmt: int, oid: int) -> list[str] | None:
+    """A one-dimensional array parameter's elements (text ``{1,2}`` or binary), None if unreadable."""
+    if fmt == 0:
+        try:
+            return array_literal(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+    if len(raw) < 12:
+        return None
+    ndim = int.from_bytes(raw[0:4], "big")
+    element = int.from_bytes(raw[8:12], "big")
+    if ndim == 0:
+        return []
+    if ndim != 1 or len(raw) < 20:
+        return None
+    count = int.from_bytes(raw[12:16], "big", signed=True)
+    pos, out = 20, []
+    for _ in range(count):
+        size = int.from_bytes(raw[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if size < 0:
+            continue  # NULL element
+        text = _scalar(raw[pos:pos + size], 1, element or _ARRAY_ELEMENTS.get(oid, 0))
+        if text is None:
+            return None
+        out.append(text)
+        pos += size
+    return out
+
+
+def canonical(key: str, kind: str) -> str | None:
+    """A key's text as the directory stores it: ``int`` keys in decimal, ``uuid`` canonical."""
+    if kind == "int":
+        value = int_text(key)
+        return None if value is None else str(value)
+    if kind == "uuid":
+        try:
+            return str(uuid.UUID(key.strip()))
+        except ValueError:
+            return None
+    return key
