@@ -232,13 +232,17 @@ class SessionMachine:
         self._backpressure()
 
     def _admit(self, unit: Unit) -> _Admit:
-        """Units without their Sync inside a moved transaction: described aside, or the session ends."""
+        """Units without their Sync: a Parse/Describe head is described aside (so the rest of the
+        client's batch is routed like any unit); inside a moved transaction anything else ends the
+        session."""
         moved = self.tx in (TxPlace.PINNED, TxPlace.DEFERRED)
+        if not unit.complete and describes_only(unit) and not self.owed and (
+            moved or self._unified_batch is UnifiedBatch.AT_SYNC
+        ):
+            self._queue.popleft()
+            self._describe_aside(unit)
+            return _Admit.ASIDE
         if not unit.complete and moved:
-            if describes_only(unit) and not self.owed:
-                self._queue.popleft()
-                self._describe_aside(unit)
-                return _Admit.ASIDE
             if self.tx is TxPlace.PINNED:
                 self._fatal_in_tenant_tx()
                 return _Admit.STOP
@@ -379,6 +383,7 @@ class SessionMachine:
         self._unified_statements.sent(unit)
         self.fx.to_unified(unit.raw() + SYNC_MESSAGE)
         self._unified_batch = UnifiedBatch.PROXY_SYNCED
+        self._flushed_unanswered = True  # nothing may reach the client before this answer
 
     def unified_data(self, data: bytes) -> None:
         if self.state is State.CLOSED:

@@ -293,18 +293,15 @@ RUN = bind("s1") + execute() + SYNC
 RUN_ANSWER = BIND_COMPLETE + cc("SELECT 0") + rfq("T")
 
 
-def test_flush_split_outside_a_transaction_stays_on_unified() -> None:
-    h = Harness({"orders": ToTenant(1, "read")})
+def test_flush_split_outside_a_transaction_is_described_aside_and_the_rest_routed() -> None:
+    h = Harness({"orders": ToTenant(1, "read")}, links={1: [FakeLink()]})
     h.client(PREPARE)
-    assert h.take() == [("unified", PREPARE)]
-    assert h.machine.owed == 0  # nothing owed before the Sync
-    h.unified(PREPARE_ANSWER)
-    assert h.take() == [("client", PREPARE_ANSWER)]
+    assert h.take() == [("unified", PREPARE + SYNC)]  # asyncpg's prepare: described with a Sync of ours
+    assert h.machine.owed == 0
+    h.unified(PREPARE_ANSWER, rfq("I"))
+    assert h.take() == [("client", PREPARE_ANSWER)]  # our Sync's ReadyForQuery removed
     h.client(RUN)
-    assert h.take() == [("unified", RUN)]  # pinned to unified: the statement's batch is open there
-    assert h.router.acted_on[-1] == ToUnified(reason="pinned")
-    h.unified(BIND_COMPLETE, cc("SELECT 0"), rfq())
-    assert h.router.outcomes == ["ok"]
+    assert h.fx.tenant_writes() == [close("S", "s1") + parse("s1", "SELECT * FROM orders") + RUN]
 
 
 def test_flush_split_in_a_deferred_transaction_is_described_aside_with_a_sync_of_ours() -> None:
