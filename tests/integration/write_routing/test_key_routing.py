@@ -64,7 +64,9 @@ def _repair_of(bed: WriteBed, shop: int) -> int:
     return int(bed.on_unified("SELECT min(id) FROM repairs WHERE shop_id = %s", shop)[0][0])
 
 
-def test_update_and_select_by_id_reach_the_shop_that_owns_the_row(write_bed: WriteBed, keyed: ProxyThread) -> None:
+def test_update_and_select_by_id_reach_the_shop_that_owns_the_row(
+    write_bed: WriteBed, keyed: ProxyThread
+) -> None:
     rid = _repair_of(write_bed, 1)
     with psycopg.connect(write_bed.proxy_dsn(keyed), autocommit=True) as conn:
         cur = conn.execute("UPDATE repairs SET notes = %s::jsonb WHERE id = %s", ('{"kr": 1}', rid))
@@ -78,7 +80,8 @@ def test_update_and_select_by_id_reach_the_shop_that_owns_the_row(write_bed: Wri
 
 def test_rows_created_on_the_shop_database_are_found_by_key(write_bed: WriteBed, keyed: ProxyThread) -> None:
     with psycopg.connect(write_bed.proxy_dsn(keyed), autocommit=True) as conn:
-        cid = conn.execute("INSERT INTO customers (shop_id, name) VALUES (3, 'kr-new') RETURNING id").fetchone()
+        insert = "INSERT INTO customers (shop_id, name) VALUES (3, 'kr-new') RETURNING id"
+        cid = conn.execute(insert).fetchone()
         assert cid is not None and cid[0] >= _block(3)  # drawn from shop 3's block
         rid = conn.execute("INSERT INTO repairs (shop_id, customer_id) VALUES (3, %s) RETURNING id",
                            (cid[0],)).fetchone()
@@ -125,7 +128,9 @@ def test_joins_along_a_consistent_foreign_key(write_bed: WriteBed, keyed: ProxyT
             assert names and all(n.startswith("fk-tenant-") for n in names), (sql, names)
 
 
-def test_what_cannot_be_placed_is_refused_never_run_on_unified(write_bed: WriteBed, keyed: ProxyThread) -> None:
+def test_what_cannot_be_placed_is_refused_never_run_on_unified(
+    write_bed: WriteBed, keyed: ProxyThread
+) -> None:
     r1, r3 = _repair_of(write_bed, 1), _repair_of(write_bed, 3)
     with psycopg.connect(write_bed.proxy_dsn(keyed), autocommit=True) as conn:
         for sql, args in (("SELECT count(*) FROM repairs", None),
