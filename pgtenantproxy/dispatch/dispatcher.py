@@ -44,6 +44,7 @@ from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit
 from pgtenantproxy.protocol.messages import Parse, Query
 from pgtenantproxy.routing import BatchItem, Claim, RoutedUnit, Router, SessionShop, startup_claim
+from pgtenantproxy.routing.keys import AnyOwner, names_no_shop
 from pgtenantproxy.routing.primary import touch
 from pgtenantproxy.routing.readiness import TxTrace, UnitNote
 from pgtenantproxy.session.decision import Aside, Decision, Hold, Refusal, Refuse, ToTenant, ToUnified
@@ -191,9 +192,12 @@ class Dispatcher:
                                      held=self._held, hold_s=self.hold_timeout)
             if special is not None:
                 return special
-            if lanes.watched and (view.touch.shops or view.touch.global_tables):
+            if lanes.watched and (view.touch.shops or view.touch.global_tables or view.touch.unknown):
+                unknown = view.touch.unknown and names_no_shop(
+                    routed.pairs(items), routed.identifications, snapshot.tenant_tables,
+                    AnyOwner(lambda t: _key_column(snapshot, t), snapshot.keys.consistent))
                 note = UnitNote(view.touch, tuple(a.fingerprint or "?" for a in routed.analyses),
-                                tuple(item.sql for item in items))
+                                tuple(item.sql for item in items), unknown)
         if route.tenant and not unit.pinned:
             return ToTenant(route.shop_id, route.reason, route.source, kind, table)
         self._before_unified(state, routed, items, snapshot)
@@ -385,16 +389,22 @@ _KINDS = frozenset({"select", "insert", "update", "delete"})
 
 
 def _autocommit_read(routed: RoutedUnit, facts: SessionFacts, lanes: Lanes) -> bool:
-    """A read-only unit outside any transaction, with no shop cut over or held: nothing for write
-    routing to do, and nothing the readiness recorder counts (read-only transactions never conflict)."""
+    """A read-only unit outside any transaction, with no shop cut over, held or watched for a cutover:
+    nothing for write routing to do, and nothing for the readiness recorder."""
     return (
         not lanes.primary
         and not lanes.holding
+        and not lanes.watched
         and facts.tx_status == c.TX_IDLE
         and facts.pinned_shop is None
         and facts.deferred_begin is None
         and all(stmt.read_only for stmt in routed.statements)
     )
+
+
+def _key_column(snapshot: CatalogSnapshot, table: str) -> str | None:
+    found = snapshot.keys.key_columns.get(table)
+    return found[0] if found is not None else None
 
 
 def _label(routed: RoutedUnit) -> tuple[str, str]:

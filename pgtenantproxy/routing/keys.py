@@ -27,11 +27,11 @@ can affect the result belongs to that shop (the pin rule of
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
 
-from pgtenantproxy.routing.identify import BoundParams, QueryShops, resolve
+from pgtenantproxy.routing.identify import BoundParams, Identification, QueryShops, resolve
 from pgtenantproxy.routing.model import KeyValue, StatementAnalysis
 from pgtenantproxy.routing.tables import DEFAULT_SCHEMA, is_tenant_table
 from pgtenantproxy.routing.values import array_literal, int_text
@@ -262,3 +262,43 @@ def canonical(key: str, kind: str) -> str | None:
         except ValueError:
             return None
     return key
+
+
+@dataclass(frozen=True)
+class AnyOwner:
+    """A :class:`KeyView` that says every key has an owner (``shop``): for the readiness recorder,
+    which asks whether a statement *could* be placed once its keys' shops are known."""
+
+    columns: Callable[[str], str | None]
+    fks: Callable[[str, str, str, str], bool]
+    shop: int = -1
+
+    def key_column(self, table: str) -> str | None:
+        return self.columns(table)
+
+    def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
+        return self.fks(a, a_col, b, b_col)
+
+    def shop_of(self, table: str, key: str) -> KeyShop:
+        return self.shop
+
+
+def names_no_shop(
+    statements: Sequence[tuple[StatementAnalysis, BoundParams | None]],
+    idents: Sequence[Identification],
+    tenant_tables: Set[str],
+    view: KeyView,
+) -> bool:
+    """Does some statement touch tenant tables with no shop, even once its keys' shops are known?
+    (DDL aside: it is not routed by shop.)"""
+    for (stmt, params), ident in zip(statements, idents, strict=True):
+        if ident.shop_id is not None or ident.reason in ("nowhere", "key_pending") or stmt.kind == "ddl":
+            continue
+        if not any(is_tenant_table(o.table, tenant_tables) for o in stmt.occurrences):
+            continue
+        if not wants_keys(stmt):
+            return True
+        found = keyed_query_shops(stmt, params, tenant_tables, view)
+        if found.unpinned or len(found.shops) != 1 or found.unresolved:
+            return True
+    return False

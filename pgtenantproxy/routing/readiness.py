@@ -35,6 +35,10 @@ MAX_SAMPLE = 1000
 MAX_KEYS = 10000
 GLOBAL = "global"
 CROSS_SHOP = "cross_shop"
+#: A statement that could not be placed on one database once the shop owns its rows (reads too).
+UNPLACED = "unplaced"
+#: The shop id under which statements that name no shop are recorded: they concern every shop.
+ANY_SHOP = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,8 @@ class UnitNote:
     touch: Touch
     fingerprints: tuple[str, ...]
     texts: tuple[str, ...]
+    #: Some statement touches tenant tables without a shop, even counting keys of known shops.
+    unknown: bool = False
 
 
 @dataclass
@@ -51,6 +57,10 @@ class TxTrace:
     shops: set[int] = field(default_factory=set)
     global_tables: bool = False
     writes: bool = False
+    #: Shops touched by a statement that cannot run on a shop's own database (not movable).
+    immovable: set[int] = field(default_factory=set)
+    #: Some statement names no shop.
+    unknown: bool = False
     fingerprints: dict[str, str] = field(default_factory=dict)  # fingerprint -> one text
 
     def add(self, note: UnitNote) -> None:
@@ -58,6 +68,9 @@ class TxTrace:
         self.shops.update(t.shops)
         self.global_tables = self.global_tables or t.global_tables
         self.writes = self.writes or t.writes
+        if not t.movable:
+            self.immovable.update(t.shops)
+        self.unknown = self.unknown or note.unknown
         for fp, text in zip(note.fingerprints, note.texts, strict=False):
             if len(self.fingerprints) < MAX_TEXTS:
                 self.fingerprints.setdefault(fp, text)
@@ -67,11 +80,26 @@ class TxTrace:
         return not self.shops and not self.fingerprints
 
     def conflicts(self, watched: Callable[[int], bool]) -> list[tuple[int, str]]:
-        """``(shop, kind)`` for each watched shop this (ended) transaction conflicts on."""
-        if not self.writes or not self.shops:
-            return []
-        kinds = ([CROSS_SHOP] if len(self.shops) > 1 else []) + ([GLOBAL] if self.global_tables else [])
-        return [(shop, kind) for shop in sorted(self.shops) if watched(shop) for kind in kinds]
+        """``(shop, kind)`` for each watched shop this (ended) transaction conflicts on.
+
+        Writing transactions over several shops or a shop and global tables are ``cross_shop`` /
+        ``global``; anything else that could not be placed on the shop's database after its
+        cutover (reads with global tables or other shops, statements that cannot run there) is
+        ``unplaced``, and statements naming no shop are ``unplaced`` for :data:`ANY_SHOP`.
+        """
+        pairs: list[tuple[int, str]] = []
+        mixed = len(self.shops) > 1 or self.global_tables
+        for shop in sorted(self.shops):
+            if not watched(shop):
+                continue
+            if self.writes and mixed:
+                pairs += ([(shop, CROSS_SHOP)] if len(self.shops) > 1 else []) + (
+                    [(shop, GLOBAL)] if self.global_tables else [])
+            elif mixed or shop in self.immovable:
+                pairs.append((shop, UNPLACED))
+        if self.unknown:
+            pairs.append((ANY_SHOP, UNPLACED))
+        return pairs
 
     @property
     def fingerprint(self) -> str:

@@ -46,9 +46,12 @@ class RoutedUnit:
     identifications: tuple[Identification, ...]
     analyses: tuple[Analysis, ...]
 
+    def pairs(self, items: Sequence[BatchItem]) -> list[tuple[StatementAnalysis, BoundParams | None]]:
+        """Every statement with the Bind values of its item."""
+        return [(s, item.params) for a, item in zip(self.analyses, items, strict=True) for s in a.statements]
+
     def writes(self, items: Sequence[BatchItem], tenant_tables: Set[str]) -> Writes:
-        pairs = [(s, item.params) for a, item in zip(self.analyses, items, strict=True) for s in a.statements]
-        return written_shops(pairs, tenant_tables)
+        return written_shops(self.pairs(items), tenant_tables)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,15 @@ import pytest
 from pgtenantproxy.routing.analysis import Analyser
 from pgtenantproxy.routing.identify import Claim
 from pgtenantproxy.routing.primary import Touch, touch
-from pgtenantproxy.routing.readiness import CROSS_SHOP, GLOBAL, ConflictTally, TxTrace, UnitNote
+from pgtenantproxy.routing.readiness import (
+    ANY_SHOP,
+    CROSS_SHOP,
+    GLOBAL,
+    UNPLACED,
+    ConflictTally,
+    TxTrace,
+    UnitNote,
+)
 from pgtenantproxy.routing.router import BatchItem, Router
 from pgtenantproxy.routing.strategy import Strategy
 
@@ -80,7 +88,7 @@ def _note(*sqls: str) -> UnitNote:
     return UnitNote(summary(*sqls), tuple(f"fp{len(s)}" for s in sqls), sqls)
 
 
-def test_trace_conflicts_only_for_writers() -> None:
+def test_trace_conflicts_of_writers_and_unplaced_reads() -> None:
     trace = TxTrace()
     trace.add(_note("UPDATE repairs SET price = 2 WHERE shop_id = 5"))
     trace.add(_note("UPDATE shops SET name = 'n' WHERE id = 5"))
@@ -91,10 +99,18 @@ def test_trace_conflicts_only_for_writers() -> None:
     reads.add(_note("SELECT * FROM repairs WHERE shop_id = 5"))
     reads.add(_note("SELECT * FROM shops"))
     reads.add(_note("SELECT * FROM repairs WHERE shop_id = 6"))
-    assert reads.conflicts(lambda s: True) == []
+    # after either shop's cutover this read transaction could not be placed on one database
+    assert reads.conflicts(lambda s: True) == [(5, UNPLACED), (6, UNPLACED)]
     alone = TxTrace()
     alone.add(_note("UPDATE repairs SET price = 2 WHERE shop_id = 5"))
+    alone.add(_note("SELECT * FROM repairs WHERE shop_id = 5"))
     assert alone.conflicts(lambda s: True) == []
+    unnamed = TxTrace()
+    unnamed.add(UnitNote(Touch(unknown=True), ("f",), ("SELECT count(*) FROM repairs",), unknown=True))
+    assert unnamed.conflicts(lambda s: True) == [(ANY_SHOP, UNPLACED)]
+    function = TxTrace()
+    function.add(_note("SELECT my_report(id) FROM repairs WHERE shop_id = 5"))
+    assert function.conflicts(lambda s: True) == [(5, UNPLACED)]
 
 
 def test_tally_counts_per_fingerprint_with_a_stripped_sample() -> None:
