@@ -133,6 +133,10 @@ class KeyDirectory:
         self._tenants: dict[int, asyncpg.Connection] = {}
         self._tenant_locks: dict[int, asyncio.Lock] = {}
 
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
     def scope(self, facts: KeyFacts, *, lookups: bool) -> KeyScope:
         return KeyScope(self, facts, lookups)
 

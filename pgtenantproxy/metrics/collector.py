@@ -171,6 +171,19 @@ def _routing(runtime: RoutingRuntime) -> Iterator[Metric]:
     cache = runtime.dispatcher.router.analyser.stats
     yield counter("analysis_cache_hits", "SQL analyses served from the cache.", cache.hits)
     yield counter("analysis_cache_misses", "SQL texts parsed with libpg_query.", cache.misses)
+    keys = runtime.dispatcher.keys
+    if keys is not None:
+        k = keys.stats
+        found = counter("key_routing", "Routing by key: how each key's shop was found.", labels=["result"])
+        for result, n in (("cache_hit", k.hits), ("id_block", k.block_hits), ("miss", k.misses),
+                          ("nowhere", k.nowhere), ("failed", k.failures)):
+            found.add_metric([result], n)
+        yield found
+        yield counter("key_lookups", "Background key lookups (one per unit's batch of missing keys).",
+                      k.lookups)
+        yield counter("key_confirmations", "Key lookups that had to look on shops' own databases.",
+                      k.confirmed)
+        yield gauge("key_cache_entries", "Keys whose shop this proxy remembers.", keys.cached)
 
 
 def _reloads(reloads: ReloadStats) -> Iterator[Metric]:
