@@ -275,5 +275,5 @@ async def restore(
 
 
 async def cutover_check(runtime: RoutingRuntime, shops: list[int]) -> dict[str, Any]:
-    found = await readiness(runtime.tenancy.pool, shops)
+    found = await readiness(runtime.tenancy.pool, shops, tenancy=runtime.config.tenancy)
     return {"shops": [r.as_dict() for r in found.values()]}

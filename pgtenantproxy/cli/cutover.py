@@ -79,7 +79,7 @@ async def _check(config: Config, shops: list[int] | None, percentage: int | None
     tenancy = await _open(config)
     try:
         chosen = shops if shops is not None else await shops_below(tenancy.pool, percentage or 0)
-        return await readiness(tenancy.pool, chosen)
+        return await readiness(tenancy.pool, chosen, tenancy=config.tenancy)
     finally:
         await tenancy.close()
 
@@ -133,11 +133,18 @@ def _show_readiness(ready: dict[int, Readiness], as_json: bool, console: Console
         return
     for shop, r in ready.items():
         if r.ready:
-            console.print(f"shop {shop}: [green]ready[/green] (no transaction touching it and global tables "
-                          "or other shops was seen)")
-            continue
-        console.print(f"shop {shop}: [red]not ready[/red]: these transactions could not stay atomic")
-        table = Table("kind", "count", "last seen", "fingerprint", "sample")
-        for c in r.conflicts:
-            table.add_row(c.kind, str(c.count), f"{c.last_seen:%Y-%m-%d %H:%M:%S}", c.fingerprint, c.sample)
-        console.print(table)
+            console.print(f"shop {shop}: [green]ready[/green] (no statement seen that could not be placed on "
+                          "its database once cut over)")
+        else:
+            console.print(f"shop {shop}: [red]not ready[/red]: after its cutover these would be refused "
+                          "(0A000)")
+            _conflict_table(r, console)
+    for line in next(iter(ready.values())).foreign_key_lines() if ready else ():
+        console.print(line)
+
+
+def _conflict_table(r: Readiness, console: Console) -> None:
+    table = Table("kind", "count", "last seen", "fingerprint", "sample")
+    for c in r.conflicts:
+        table.add_row(c.kind, str(c.count), f"{c.last_seen:%Y-%m-%d %H:%M:%S}", c.fingerprint, c.sample)
+    console.print(table)

@@ -76,6 +76,8 @@ def _print(report: VerificationReport, console: Console) -> None:
         return
     for shop in report.shops:
         _print_shop(shop, console)
+    for line in report.foreign_key_lines():
+        console.print(line)
     rows_s = report.rows / report.seconds if report.seconds > 0 else 0.0
     style = STYLE[report.status]
     console.print(f"[{style}]{report.status}[/{style}]: {len(report.shops)} shops, {report.rows} rows "

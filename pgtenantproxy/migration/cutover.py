@@ -10,10 +10,17 @@ API). Per shop, in ``reads_on_tenant``:
   nothing until the flip, since only the mirror writes there until then);
 * then the fenced switch of :mod:`.switch` (source unified, target the tenant;
   the prepare step reserves a block of ids per shared sequence,
-  :mod:`.id_blocks`), ending in ``tenant_primary``, or aborted with nothing
+  :mod:`.id_blocks`, recorded in ``pgtenantproxy.id_blocks`` in the flip's own
+  transaction), ending in ``tenant_primary``, or aborted with nothing
   changed. From the flip on, the proxies send the shop's reads and writes to
   its database, reverse mirroring keeps unified current (for rollback), and
   unified's write fence refuses what would still write the shop there.
+
+Before the first shop, the foreign keys between tenant tables are proved
+once (:mod:`.fk_proofs`, recorded for routing); a foreign key that a row
+crosses shops through is listed in each shop's result
+(``cross_shop_foreign_keys``, with sample keys) and refuses nothing: it only
+pins nothing. The readiness report shows the proofs too.
 
 Shops are cut over one at a time: each holds only its own writes, other shops
 never pause. ``--percentage P`` takes the shops in ``reads_on_tenant`` whose
@@ -41,12 +48,13 @@ from pgtenantproxy.lifecycle.errors import IllegalTransition
 from pgtenantproxy.lifecycle.store import read_phase, read_phases
 from pgtenantproxy.migration.cutover_report import ALREADY, FAILED, REFUSED, FenceReport, FenceResult
 from pgtenantproxy.migration.drain import mirror_health, wait_drained
-from pgtenantproxy.migration.id_blocks import reserve_id_blocks
+from pgtenantproxy.migration.fk_proofs import proof_line, prove_foreign_keys
+from pgtenantproxy.migration.id_blocks import IdBlock, record_blocks, reserve_id_blocks
 from pgtenantproxy.migration.readiness import readiness
 from pgtenantproxy.migration.switch import SwitchPlan, run_switch
 from pgtenantproxy.migration.tables import active_tables
 from pgtenantproxy.routing.strategy import percentage_bucket
-from pgtenantproxy.tenancy.errors import describe
+from pgtenantproxy.tenancy.errors import TenancyError, describe
 from pgtenantproxy.tenancy.servers import unified_connect_kwargs
 from pgtenantproxy.tenancy.service import TenancyService
 
@@ -69,16 +77,31 @@ async def cutover_shops(
     ctx = CutoverContext(tenancy, config or tenancy.config, force, actor)
     chosen = list(shops) if shops is not None else await shops_below(tenancy.pool, percentage or 0)
     report = FenceReport("cutover")
+    crossing = await _cross_shop_foreign_keys(ctx) if chosen else []
     for shop in dict.fromkeys(chosen):
         try:
             result = await cutover_shop(ctx, shop)
         except Exception as exc:  # outside the fence or after the flip: reported, the others go on
             logger.exception("shop %s: cutover failed", shop)
             result = FenceResult(shop, FAILED, detail=describe(exc))
+        if crossing:  # reported, never a reason to refuse: such a foreign key only pins nothing
+            result.extra["cross_shop_foreign_keys"] = crossing
         await audit(tenancy.pool, shop_id=shop, action="cutover", status=result.status,
                     detail=result.detail or _pause(result), actor=actor)
         report.shops.append(result)
     return report
+
+
+async def _cross_shop_foreign_keys(ctx: CutoverContext) -> list[str]:
+    """Prove the foreign keys between tenant tables once per run (recorded for routing); the lines of
+    those a row crosses shops through. A failure is logged: the proofs recorded before stay."""
+    try:
+        async with ctx.tenancy.pool.acquire() as conn:
+            proofs = await prove_foreign_keys(conn, ctx.config.tenancy)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, TenancyError) as exc:
+        logger.warning("cutover: foreign keys not proved: %s", describe(exc))
+        return []
+    return [proof_line(p) for p in proofs if not p.consistent]
 
 
 async def shops_below(db: asyncpg.Pool | asyncpg.Connection, percentage: int) -> list[int]:
@@ -133,12 +156,17 @@ def _plan(ctx: CutoverContext, record: ph.ShopPhase, unified: asyncpg.Connection
             return False
         return not (await mirror_health(unified, shop)).degraded
 
+    reserved: list[IdBlock] = []
+
     async def prepare() -> dict[str, Any]:
-        blocks = await reserve_id_blocks(unified, tenant, tables, ctx.config.migration.id_block)
-        return {"id_blocks": [b.as_dict() for b in blocks]}
+        reserved[:] = await reserve_id_blocks(unified, tenant, tables, ctx.config.migration.id_block)
+        return {"id_blocks": [b.as_dict() for b in reserved]}
+
+    async def on_flip(control: asyncpg.Connection) -> None:
+        await record_blocks(control, shop, reserved)  # durable with the flip, before any tenant write
 
     return SwitchPlan(shop, record, ph.TENANT_PRIMARY, unified, tenant, source_is_unified=True,
-                      drain=drained, tables=tables, prepare=prepare, action="cutover")
+                      drain=drained, tables=tables, prepare=prepare, action="cutover", on_flip=on_flip)
 
 
 async def _refusal(control: asyncpg.Connection, record: ph.ShopPhase, force: bool) -> FenceResult | None:

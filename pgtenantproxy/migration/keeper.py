@@ -8,6 +8,11 @@ move is a fenced :func:`.store.transition` on the version the keeper read: a
 shop an operator moved meanwhile is left alone (the conflict is logged at
 debug level and the shop looked at again next time).
 
+While it leads, the keeper also refills id blocks (:mod:`.id_refill`) when it
+was given an :class:`~.id_refill.IdBlockRefiller`: a task of its own, every
+``[migration] id_block_refill_interval_s``, so a slow round over many tenant
+databases never delays the phase moves.
+
 Facts come from this instance: the mirror status poller (lag, degraded) and
 the current read strategy with its overrides. Degraded reasons are read from
 ``pgtenantproxy.mirror_state``.
@@ -27,6 +32,7 @@ from pgtenantproxy.lifecycle import phases as ph
 from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.lifecycle.store import read_phases, transition
 from pgtenantproxy.migration.automatic import MirrorFacts, automatic_move
+from pgtenantproxy.migration.id_refill import IdBlockRefiller
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +48,13 @@ class PhaseKeeper:
         selected: Callable[[int], bool],
         *,
         interval_s: float = 0.5,
+        refiller: IdBlockRefiller | None = None,
     ) -> None:
         self.pool = pool
         self.status = status
         self.selected = selected
         self.interval_s = interval_s
+        self.refiller = refiller
         self.leader = False
         self.moves = 0
         self._stopping = asyncio.Event()
@@ -72,11 +80,16 @@ class PhaseKeeper:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1, 0)", KEEPER_LOCK):
             return
         self.leader = True
+        refill = (None if self.refiller is None else
+                  asyncio.get_running_loop().create_task(self._refill(self.refiller), name="id-block-refill"))
         try:
             while not self._stopping.is_set():
                 await self.tick(conn)
                 await self._pause()
         finally:
+            if refill is not None:
+                refill.cancel()
+                await asyncio.gather(refill, return_exceptions=True)
             if not conn.is_closed():
                 await conn.execute("SELECT pg_advisory_unlock($1, 0)", KEEPER_LOCK)
 
@@ -109,8 +122,19 @@ class PhaseKeeper:
         self.moves += len(moved)
         return moved
 
-    async def _pause(self) -> None:
+    async def _refill(self, refiller: IdBlockRefiller) -> None:
+        """Id block refills every ``id_block_refill_interval_s`` while this instance leads."""
+        while not self._stopping.is_set():
+            try:
+                await refiller.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("id block refill: %s; retrying", describe(exc))
+            await self._pause(refiller.interval_s)
+
+    async def _pause(self, seconds: float | None = None) -> None:
         try:
-            await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+            await asyncio.wait_for(self._stopping.wait(), self.interval_s if seconds is None else seconds)
         except TimeoutError:
             pass

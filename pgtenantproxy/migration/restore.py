@@ -22,7 +22,9 @@ Steps, each refusing with nothing changed when its check fails:
    the shop stays ``retired``, the archive untouched, and the report says
    which tables differ;
 8. phase ``retired -> tenant_primary`` (the reverse worker resumes the shop),
-   ``restored_at`` recorded.
+   ``restored_at`` recorded and the shop's key directory rows removed
+   (:mod:`.key_directory`), in one transaction: from then on unified has its
+   keys again.
 
 Every step is in the audit log (action ``restore``).
 """
@@ -45,6 +47,7 @@ from pgtenantproxy.lifecycle.errors import IllegalTransition, MigrationError
 from pgtenantproxy.lifecycle.store import read_phase, transition
 from pgtenantproxy.migration import archive as ar
 from pgtenantproxy.migration.catch_up import catch_up
+from pgtenantproxy.migration.key_directory import forget_key_directory
 from pgtenantproxy.migration.retire_gate import shop_rows
 from pgtenantproxy.migration.retire_shop import FAILURES, delete_rows, quiet_session
 from pgtenantproxy.migration.reverse_link import install_reverse_capture, remove_reverse_capture, tenant_admin
@@ -108,6 +111,7 @@ async def restore_shop(
                              expect_version=phase.version, reason=f"restored from {directory}", actor=actor,
                              action=ACTION)
             await conn.execute(_RESTORED, shop_id)
+            await forget_key_directory(conn, shop_id)  # its keys are in unified again
     except FAILURES as exc:
         await _undo(tenancy, shop_id, tables, bool(result.rows))
         await _audit(tenancy, shop_id, "failed", "failed", str(exc), actor)

@@ -35,6 +35,9 @@ class ShopRetirement:
     verification: str | None = None  # the verification summary (or why it was skipped)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: What retirement wrote into the key directory (ranges and text keys per table, tables not routed by
+    #: key); None until the shop is retired.
+    key_directory: dict[str, Any] | None = None
 
     @property
     def total_rows(self) -> int:
@@ -49,7 +52,7 @@ class ShopRetirement:
                 "rows": self.rows, "total_rows": self.total_rows, "archive": self.archive,
                 "bytes": self.bytes,
                 "verification": self.verification, "warnings": self.warnings,
-                "seconds": round(self.seconds, 3)}
+                "key_directory": self.key_directory, "seconds": round(self.seconds, 3)}
 
 
 @dataclass

@@ -12,7 +12,10 @@ On one unified connection:
    = replica`` (application triggers and foreign key actions stay quiet: what
    leaves is exactly the shop's rows, nothing cascades to other rows);
    archive every table (:mod:`.archive`), write the manifest, re-read every file
-   against its checksum, record the files in ``retirement_archives``; delete
+   against its checksum, record the files in ``retirement_archives``; write
+   the shop's keys into the key directory (:mod:`.key_directory`: integer keys
+   as ranges of islands, other single-column keys one by one), so routing by
+   key still finds the shop of a key once its rows are gone; delete
    the shop's rows, referencing tables first, each table's count checked
    against the rows archived; move the phase ``tenant_primary -> retired``
    (fenced on the version the gate read). Anything failing rolls all of it
@@ -41,6 +44,7 @@ from pgtenantproxy.lifecycle.audit import audit
 from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.lifecycle.store import transition
 from pgtenantproxy.migration import archive as ar
+from pgtenantproxy.migration.key_directory import write_key_directory
 from pgtenantproxy.migration.retire_report import FAILED, RETIRED, ShopRetirement
 from pgtenantproxy.migration.reverse_link import remove_reverse_capture, tenant_admin
 from pgtenantproxy.tenancy.control_schema import shop_lock_key
@@ -118,6 +122,7 @@ class ShopRetirer:
         async with conn.transaction(isolation="repeatable_read"):
             await quiet_session(conn)
             manifest = await self._archive(conn, out) if self.config.migration.archive_before_delete else None
+            out.key_directory = (await write_key_directory(conn, self.tables, shop)).as_dict()
             deleted = await delete_rows(conn, self.tables, shop)
             if manifest is not None:
                 archived = {t.table: t.rows for t in manifest.tables}

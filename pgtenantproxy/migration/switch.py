@@ -19,7 +19,9 @@ fence_timeout_ms``, counted from the hold):
    mirror drains them to zero;
 4. **check**: exactly those keys are compared on both sides (row hashes);
 5. **prepare**: the direction's own step (a cutover reserves ids);
-6. **flip**: the phase moves (one fenced update, its epoch), the source fence
+6. **flip**: the phase moves (one fenced update, its epoch; in the same
+   transaction the direction's ``on_flip`` writes what must be durable before the
+   target takes writes: a cutover records its id blocks), the source fence
    becomes ``closed`` (writes there fail with 55000, except the mirror's) and the
    target's fence is opened; then wait until every live proxy has seen the flip;
 7. **release**: statements queued at the source fence are cancelled (their
@@ -84,6 +86,8 @@ class SwitchPlan:
     tables: list[TableInfo]
     prepare: Callable[[], Awaitable[dict[str, Any]]] | None = None
     action: str = "cutover"
+    #: Runs on the control connection inside the flip's transaction, before the phase moves.
+    on_flip: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
 
     @property
     def source(self) -> asyncpg.Connection:
@@ -208,9 +212,14 @@ async def _converge(plan: SwitchPlan, clock: _Clock) -> dict[str, Any]:
 
 
 async def _flip(control: asyncpg.Connection, plan: SwitchPlan, actor: str | None) -> ShopPhase:
-    """Step 6: the phase, then the fences (source closed, target open)."""
-    flipped = await transition(control, plan.shop_id, plan.target_phase, expect_version=plan.record.version,
-                               reason=f"{plan.action}: writes switched", actor=actor, action=plan.action)
+    """Step 6: the phase (with ``on_flip`` in its transaction), then the fences (source closed, target
+    open)."""
+    async with control.transaction():
+        if plan.on_flip is not None:
+            await plan.on_flip(control)
+        flipped = await transition(control, plan.shop_id, plan.target_phase,
+                                   expect_version=plan.record.version,
+                                   reason=f"{plan.action}: writes switched", actor=actor, action=plan.action)
     await fence.close(plan.source, plan.shop_id, reason=f"{plan.action}: writes go to the other database")
     await fence.open_(plan.target, plan.shop_id)
     return flipped

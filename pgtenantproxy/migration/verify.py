@@ -23,6 +23,12 @@ carries on. Both sides read under the same text-form settings
 role, with credentials from the encrypted registry (as the mirror writes).
 Each shop's outcome goes to the audit log (action ``verify``).
 
+Once per run, after the shops, the foreign keys between tenant tables are
+proved on unified (:mod:`.fk_proofs`: rows that reference another shop's row,
+with sample keys) and recorded; the report lists them. A cross-shop reference
+does not change any shop's verdict (it means routing cannot follow that
+foreign key); a proof that fails is reported as ``foreign_keys_error``.
+
 Which shops: ``shops=None`` means every shop whose (effective) phase is in
 :data:`ELIGIBLE`; shops named explicitly may also be ``provisioned``
 (verification then shows what a backfill still has to copy).
@@ -46,6 +52,7 @@ from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.migration import checksums as cs
 from pgtenantproxy.migration.drain import mirror_health, wait_drained
+from pgtenantproxy.migration.fk_proofs import prove_foreign_keys
 from pgtenantproxy.migration.keydiff import classify, differing_ranges
 from pgtenantproxy.migration.keyranges import KeyRange
 from pgtenantproxy.migration.tables import ordered_tables
@@ -92,7 +99,15 @@ async def verify_shops(
             return await verifier.verify(phase)
 
     results = await asyncio.gather(*(one(p) for p in selected))
-    return VerificationReport(list(results), time.monotonic() - started)
+    report = VerificationReport(list(results))
+    try:
+        async with tenancy.pool.acquire() as conn:
+            report.foreign_keys = await prove_foreign_keys(conn, config.tenancy)
+    except (*_FAILURES, MigrationError) as exc:
+        report.foreign_keys_error = f"{type(exc).__name__}: {exc}"
+        logger.warning("foreign keys not proved: %s", report.foreign_keys_error)
+    report.seconds = time.monotonic() - started
+    return report
 
 
 def select_shops(phases: Mapping[int, ph.ShopPhase], shops: Sequence[int] | None) -> list[ph.ShopPhase]:

@@ -7,7 +7,9 @@ and no error. Keys that kept changing on unified through every recheck
 (``unsettled``) could not be compared without blocking the application; they
 are listed but do not make a shop different (the mirror rewrites such a key
 at its next write anyway). A degraded mirror (dead letters) is reported next
-to the data verdict.
+to the data verdict. The foreign-key proofs of the run (:mod:`.fk_proofs`)
+are listed apart (``foreign_keys``; :meth:`VerificationReport.foreign_key_lines`
+for text): they never change the verdict.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgtenantproxy.lifecycle.keys import FkProof
+from pgtenantproxy.migration.fk_proofs import proof_dict, proof_lines
 from pgtenantproxy.migration.keydiff import CHANGED, EXTRA, IN_FLIGHT, MISSING
 
 MAX_LISTED = 20
@@ -131,6 +135,16 @@ class ShopVerification:
 class VerificationReport:
     shops: list[ShopVerification] = field(default_factory=list)
     seconds: float = 0.0
+    #: Every foreign key between tenant tables, proved during the run (informative: no verdict).
+    foreign_keys: list[FkProof] = field(default_factory=list)
+    foreign_keys_error: str | None = None
+
+    def foreign_key_lines(self) -> list[str]:
+        """``foreign key public.history.account_id -> public.accounts: 0 cross-shop references``, ..."""
+        lines = proof_lines(self.foreign_keys)
+        if self.foreign_keys_error is not None:
+            lines.append(f"foreign keys not proved: {self.foreign_keys_error}")
+        return lines
 
     @property
     def identical(self) -> bool:
@@ -153,6 +167,8 @@ class VerificationReport:
             "different_shops": [s.shop_id for s in self.shops if s.status == DIFFERENT],
             "failed_shops": [s.shop_id for s in self.shops if s.status == ERROR],
             "shops": [s.as_dict() for s in self.shops],
+            "foreign_keys": [proof_dict(p) for p in self.foreign_keys],
+            "foreign_keys_error": self.foreign_keys_error,
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

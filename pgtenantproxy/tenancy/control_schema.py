@@ -251,7 +251,7 @@ MIGRATIONS: tuple[ControlMigration, ...] = (
             shop_id  bigint NOT NULL
         );
         CREATE INDEX key_directory_keys ON pgtenantproxy.key_directory USING gist (keys);
-        CREATE INDEX key_directory_shop ON pgtenantproxy.key_directory (shop_id);
+        CREATE INDEX key_directory_shop ON pgtenantproxy.key_directory (tbl, shop_id);
         CREATE TABLE pgtenantproxy.key_directory_text (
             tbl      text NOT NULL,
             key      text NOT NULL,

@@ -6,7 +6,8 @@ is created once for this package. :func:`fresh_start` resets it for a test
 module: the seed rows in unified only, the tenant databases empty, capture on,
 nothing queued, no write fence, no reverse capture, no strategy set through the
 API, an empty audit log, every shop back in phase ``provisioned`` with no
-backfill checkpoint, conflict or archive record.
+backfill checkpoint, conflict or archive record, and no key facts (id blocks,
+foreign-key proofs, key directory).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ async def fresh_start(bed: MirrorBed) -> None:
                 "TRUNCATE pgtenantproxy.outbox, pgtenantproxy.dead_letters, pgtenantproxy.mirror_state,"
                 " pgtenantproxy.backfill_progress, pgtenantproxy.write_fences,"
                 " pgtenantproxy.cutover_conflicts, pgtenantproxy.retirement_archives,"
-                " pgtenantproxy.read_overrides, pgtenantproxy.routing_state, pgtenantproxy.migration_log"
+                " pgtenantproxy.read_overrides, pgtenantproxy.routing_state, pgtenantproxy.migration_log,"
+                " pgtenantproxy.id_blocks, pgtenantproxy.fk_proofs, pgtenantproxy.key_directory,"
+                " pgtenantproxy.key_directory_text"
             )
             await conn.execute("UPDATE pgtenantproxy.shop_phases SET fence = NULL, fence_until = NULL")
             for shop in SHOPS:
@@ -58,8 +61,14 @@ async def _empty_tenant(bed: MirrorBed, shop: int) -> None:
             await conn.execute("TRUNCATE pgtenantproxy.outbox, pgtenantproxy.dead_letters,"
                                " pgtenantproxy.mirror_state, pgtenantproxy.write_fences")
         await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        for seq in await conn.fetch(_SEQUENCES):  # a cutover's id block bounded them (MAXVALUE)
+            await conn.execute(f"ALTER SEQUENCE {seq[0]} NO MAXVALUE")
     finally:
         await conn.close()
+
+
+_SEQUENCES = """SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind = 'S' AND n.nspname = 'public'"""
 
 
 @pytest.fixture(scope="package")
