@@ -185,13 +185,21 @@ async def _refusal(control: asyncpg.Connection, record: ph.ShopPhase, force: boo
                            detail=f"shop {shop}'s mirror is degraded ({health.reason or 'dead letters'}): "
                                   "replay its dead letters first")
     ready = (await readiness(control, [shop]))[shop]
-    if ready.ready or force:
-        return None
     seen = sum(c.count for c in ready.conflicts)
+    if ready.ready:
+        return None
+    if force:
+        logger.warning("shop %s: cut over with --force past %d kinds of statement (%d seen) that will now be "
+                       "refused", shop, len(ready.conflicts), seen)
+        await audit(control, shop_id=shop, action="cutover", status="forced",
+                    detail=f"--force past {len(ready.conflicts)} kinds of statement ({seen} seen) that "
+                           "cannot be placed on the shop's database: "
+                           + ", ".join(sorted({c.kind for c in ready.conflicts})))
+        return None
     return FenceResult(shop, REFUSED, record.phase, extra={"readiness": ready.as_dict()},
-                       detail=f"{len(ready.conflicts)} kinds of transaction ({seen} seen) touch the shop and "
-                              "global tables or other shops; see cutover --check, or --force (they then get "
-                              "an error)")
+                       detail=f"{len(ready.conflicts)} kinds of statement ({seen} seen) could not be placed "
+                              "on the shop's database once cut over (with global tables, other shops, or "
+                              "naming no shop); see cutover --check, or --force (they then get an error)")
 
 
 def _pause(result: FenceResult) -> str | None:
