@@ -281,6 +281,9 @@ class MigrationSection:
     id_block_refill_at: float = _opt(0.8, _share)
     #: How often the phase keeper checks the id blocks of shops in ``tenant_primary`` and ``retired``.
     id_block_refill_interval_s: int = _opt(30, _positive)
+    #: The readiness report (``cutover --check``, and the gate of ``cutover``) counts what the proxies saw
+    #: in this many seconds before now (a day by default: nightly jobs are seen).
+    readiness_window_s: int = _opt(86400, _positive)
     #: Where retirement writes each shop's archive (``shop_<N>/``); relative to the working directory.
     archive_dir: str = _opt("pgtenantproxy-archive")
     #: Retire a shop only when verification finds its tenant database identical

@@ -275,5 +275,6 @@ async def restore(
 
 
 async def cutover_check(runtime: RoutingRuntime, shops: list[int]) -> dict[str, Any]:
-    found = await readiness(runtime.tenancy.pool, shops, tenancy=runtime.config.tenancy)
+    found = await readiness(runtime.tenancy.pool, shops, tenancy=runtime.config.tenancy,
+                            window_s=runtime.config.migration.readiness_window_s)
     return {"shops": [r.as_dict() for r in found.values()]}

@@ -79,7 +79,8 @@ async def _check(config: Config, shops: list[int] | None, percentage: int | None
     tenancy = await _open(config)
     try:
         chosen = shops if shops is not None else await shops_below(tenancy.pool, percentage or 0)
-        return await readiness(tenancy.pool, chosen, tenancy=config.tenancy)
+        return await readiness(tenancy.pool, chosen, tenancy=config.tenancy,
+                               window_s=config.migration.readiness_window_s)
     finally:
         await tenancy.close()
 

@@ -195,7 +195,7 @@ class Dispatcher:
             if lanes.watched and (view.touch.shops or view.touch.global_tables or view.touch.unknown):
                 unknown = view.touch.unknown and names_no_shop(
                     routed.pairs(items), routed.identifications, snapshot.tenant_tables,
-                    AnyOwner(lambda t: _key_column(snapshot, t), snapshot.keys.consistent))
+                    AnyOwner(lambda t: _key_column(snapshot, t), snapshot.keys.may_be_consistent))
                 note = UnitNote(view.touch, tuple(a.fingerprint or "?" for a in routed.analyses),
                                 tuple(item.sql for item in items), unknown)
         if route.tenant and not unit.pinned:

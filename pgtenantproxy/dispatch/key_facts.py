@@ -17,9 +17,21 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from pgtenantproxy.lifecycle.keys import read_fk_proofs, read_id_blocks
+from pgtenantproxy.lifecycle.keys import FkProof, read_fk_proofs, read_id_blocks
 
 _KINDS = {20: "int", 21: "int", 23: "int", 2950: "uuid", 25: "text", 1043: "text"}
+
+_FOREIGN_KEYS = """
+SELECT cn.nspname || '.' || c.relname AS child, a.attname AS child_col,
+       pn.nspname || '.' || p.relname AS parent, pa.attname AS parent_col
+FROM pg_constraint f
+JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace
+JOIN pg_class p ON p.oid = f.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = f.conkey[1]
+JOIN pg_attribute pa ON pa.attrelid = f.confrelid AND pa.attnum = f.confkey[1]
+WHERE f.contype = 'f' AND cardinality(f.conkey) = 1
+  AND cn.nspname || '.' || c.relname = ANY($1::text[]) AND pn.nspname || '.' || p.relname = ANY($1::text[])
+"""
 
 _PRIMARY_KEYS = """
 SELECT n.nspname || '.' || c.relname AS tbl, a.attname AS col, a.atttypid::int AS typid
@@ -39,6 +51,9 @@ class KeyFacts:
     foreign_keys: frozenset[tuple[str, str, str, str]] = frozenset()
     #: (table, column) -> sorted ((first, last, shop), ...)
     blocks: dict[tuple[str, str], tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
+    #: every single-column foreign key between tenant tables not proven inconsistent (proven or not yet
+    #: checked): what the readiness recorder may count on once the cutover gate has proven them
+    unrefuted: frozenset[tuple[str, str, str, str]] = frozenset()
 
     def block_shop(self, table: str, column: str, key: int) -> int | None:
         """The shop whose id block holds ``key``, if any."""
@@ -56,17 +71,27 @@ class KeyFacts:
         fks = self.foreign_keys
         return (a, a_col, b, b_col) in fks or (b, b_col, a, a_col) in fks
 
+    def may_be_consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
+        fks = self.unrefuted
+        return (a, a_col, b, b_col) in fks or (b, b_col, a, a_col) in fks
+
 
 async def read_key_facts(conn: asyncpg.Connection, tenant_tables: frozenset[str]) -> KeyFacts:
     rows = await conn.fetch(_PRIMARY_KEYS, sorted(tenant_tables))
     columns = {r["tbl"]: (r["col"], _KINDS[r["typid"]]) for r in rows if r["typid"] in _KINDS}
-    fks = frozenset(
-        (p.fk.child, p.fk.child_cols[0], p.fk.parent, p.fk.parent_cols[0])
-        for p in await read_fk_proofs(conn)
-        if p.consistent and len(p.fk.child_cols) == 1 and p.fk.child in tenant_tables
-        and p.fk.parent in tenant_tables
-    )
+    proofs = [p for p in await read_fk_proofs(conn) if len(p.fk.child_cols) == 1]
+    fks = frozenset(_edge(p) for p in proofs
+                    if p.consistent and p.fk.child in tenant_tables and p.fk.parent in tenant_tables)
+    refuted = {_edge(p) for p in proofs if not p.consistent}
+    declared = {(r["child"], r["child_col"], r["parent"], r["parent_col"])
+                for r in await conn.fetch(_FOREIGN_KEYS, sorted(tenant_tables))}
     blocks: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     for b in await read_id_blocks(conn):
         blocks.setdefault((b.table, b.column), []).append((b.first, b.last, b.shop_id))
-    return KeyFacts(columns, fks, {k: tuple(sorted(v)) for k, v in blocks.items()})
+    return KeyFacts(columns, fks, {k: tuple(sorted(v)) for k, v in blocks.items()},
+                    frozenset(declared - refuted))
+
+
+def _edge(proof: FkProof) -> tuple[str, str, str, str]:
+    fk = proof.fk
+    return fk.child, fk.child_cols[0], fk.parent, fk.parent_cols[0]

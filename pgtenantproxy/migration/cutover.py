@@ -113,7 +113,7 @@ async def shops_below(db: asyncpg.Pool | asyncpg.Connection, percentage: int) ->
 async def cutover_shop(ctx: CutoverContext, shop: int) -> FenceResult:
     async with ctx.tenancy.pool.acquire() as control:
         record = await read_phase(control, shop)
-        refusal = await _refusal(control, record, ctx.force)
+        refusal = await _refusal(control, record, ctx.force, ctx.config.migration.readiness_window_s)
         if refusal is not None:
             return refusal
         tables = await active_tables(control, purpose="cut over")
@@ -169,7 +169,9 @@ def _plan(ctx: CutoverContext, record: ph.ShopPhase, unified: asyncpg.Connection
                       drain=drained, tables=tables, prepare=prepare, action="cutover", on_flip=on_flip)
 
 
-async def _refusal(control: asyncpg.Connection, record: ph.ShopPhase, force: bool) -> FenceResult | None:
+async def _refusal(
+    control: asyncpg.Connection, record: ph.ShopPhase, force: bool, window_s: float
+) -> FenceResult | None:
     shop = record.shop_id
     if record.phase == ph.TENANT_PRIMARY:
         return FenceResult(shop, ALREADY, record.phase, detail="its writes are on its database already")
@@ -184,7 +186,7 @@ async def _refusal(control: asyncpg.Connection, record: ph.ShopPhase, force: boo
         return FenceResult(shop, REFUSED, record.phase,
                            detail=f"shop {shop}'s mirror is degraded ({health.reason or 'dead letters'}): "
                                   "replay its dead letters first")
-    ready = (await readiness(control, [shop]))[shop]
+    ready = (await readiness(control, [shop], window_s=window_s))[shop]
     seen = sum(c.count for c in ready.conflicts)
     if ready.ready:
         return None

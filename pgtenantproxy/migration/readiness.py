@@ -34,7 +34,9 @@ from pgtenantproxy.routing.readiness import ANY_SHOP
 
 _CONFLICTS = """
 SELECT shop_id, kind, fingerprint, sample, count, first_seen, last_seen
-FROM pgtenantproxy.cutover_conflicts WHERE shop_id = ANY($1::bigint[]) OR shop_id = -1
+FROM pgtenantproxy.cutover_conflicts
+WHERE (shop_id = ANY($1::bigint[]) OR shop_id = -1)
+  AND ($2::float8 IS NULL OR last_seen > clock_timestamp() - make_interval(secs => $2::float8))
 ORDER BY shop_id, count DESC, fingerprint
 """
 
@@ -82,12 +84,14 @@ class Readiness:
 
 
 async def readiness(
-    conn: asyncpg.Connection | asyncpg.Pool, shops: list[int], *, tenancy: TenancySection | None = None
+    conn: asyncpg.Connection | asyncpg.Pool, shops: list[int], *, tenancy: TenancySection | None = None,
+    window_s: float | None = None,
 ) -> dict[int, Readiness]:
-    """Per shop, the recorded transactions that a cutover would break, and the foreign-key proofs
-    (proved now when ``tenancy`` is given, else as last recorded)."""
+    """Per shop, the recorded transactions that a cutover would break (last seen within ``window_s``
+    seconds, or ever), and the foreign-key proofs (proved now when ``tenancy`` is given, else as last
+    recorded)."""
     report = {shop: Readiness(shop) for shop in shops}
-    for r in await conn.fetch(_CONFLICTS, shops):
+    for r in await conn.fetch(_CONFLICTS, shops, window_s):
         found = Conflict(r["kind"], r["fingerprint"], r["sample"], int(r["count"]), r["first_seen"],
                          r["last_seen"])
         shop = int(r["shop_id"])
