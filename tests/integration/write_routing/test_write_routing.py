@@ -280,12 +280,14 @@ def test_readiness_recorder_counts_transactions_that_could_not_stay_atomic(
         conn.execute("UPDATE customers SET name = name WHERE shop_id = 6 AND id < 0")  # a shop + a global
         conn.execute("UPDATE shops SET city = city WHERE id = 6")
         conn.commit()
-        conn.execute("SELECT count(*) FROM customers WHERE shop_id = 6")  # read-only: not counted
+        # read-only, but after either shop's cutover it could not be placed on one database
+        conn.execute("SELECT count(*) FROM customers WHERE shop_id = 6")
         conn.execute("SELECT count(*) FROM shops")
         conn.execute("SELECT count(*) FROM customers WHERE shop_id = 2")
         conn.commit()
     with psycopg.connect(write_bed.proxy_dsn(proxy), autocommit=True) as conn:
         conn.execute("UPDATE customers SET name = name WHERE shop_id = 6 AND id < 0")  # one shop alone
+        conn.execute("SELECT name FROM customers WHERE shop_id = 6 AND id = 1")  # a key of the shop: fine
     runtime = proxy.runtime
     assert runtime is not None
     proxy.call(runtime.dispatcher.conflicts.flush(runtime.tenancy.pool))
@@ -293,7 +295,8 @@ def test_readiness_recorder_counts_transactions_that_could_not_stay_atomic(
         "SELECT shop_id, kind, fingerprint, sample, count FROM pgtenantproxy.cutover_conflicts"
         " WHERE shop_id = 6 OR (shop_id = 2 AND kind = 'cross_shop') ORDER BY shop_id, kind")
     counts = [(r[0], r[1], r[4]) for r in rows]
-    assert counts == [(2, "cross_shop", 3), (6, "cross_shop", 3), (6, "global", 1)]
+    assert counts == [(2, "cross_shop", 3), (6, "cross_shop", 3), (6, "global", 1), (6, "unplaced", 1)]
     cross = rows[1]
     assert len(cross[2].split()) == 2 and "shop_id = $" in cross[3]
     assert "UPDATE shops" in rows[2][3]
+    assert "FROM shops" in rows[3][3] and "shop_id = $" in rows[3][3]
