@@ -51,7 +51,8 @@ class RoutedDriver:
         self._on_end = on_end
         self._on_violation = on_violation
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._armed_at = 0.0
         self._deadline: float | None = None
         self._borrowing: asyncio.Task[None] | None = None
         self._disposed = False
@@ -161,10 +162,16 @@ class RoutedDriver:
         (a tenant unit's timeout is set and cleared per unit: no timer handle per unit)."""
         deadline = self._deadline = self._loop.time() + seconds
         timer = self._timer
-        if timer is not None and timer.when() <= deadline:
+        if timer is not None and self._armed_at <= deadline:
             return
         if timer is not None:
             timer.cancel()
+        self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        # uvloop hands back a plain Handle (no when()) for a delay under a millisecond: the armed
+        # deadline is kept here instead of asked of the handle
+        self._armed_at = deadline
         self._timer = self._loop.call_at(deadline, self._fire)
 
     def _fire(self) -> None:
@@ -173,7 +180,7 @@ class RoutedDriver:
         if deadline is None:
             return
         if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._fire)
+            self._arm(deadline)
             return
         self._deadline = None
         self.machine.timer_fired()
