@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from pgtenantproxy.config import TenancySection
+from pgtenantproxy.dispatch.copy_columns import CopyColumns, read_copy_columns
 from pgtenantproxy.dispatch.key_facts import KeyFacts, read_key_facts
 from pgtenantproxy.dispatch.routing_state import CHANNEL, RoutingState, read_state
 from pgtenantproxy.lifecycle.instances import heartbeat, new_instance_id
@@ -65,11 +66,14 @@ class CatalogSnapshot:
     epoch: int = 0
     #: Key columns, consistent foreign keys and id blocks (routing by key).
     keys: KeyFacts = field(default_factory=KeyFacts)
+    #: Where the tenant column is in a COPY without a column list, per tenant table.
+    copy_columns: CopyColumns = field(default_factory=CopyColumns)
 
     def same_content(self, other: CatalogSnapshot) -> bool:
-        return (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing,
+        same = (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing,
                 self.phases, self.keys) == (other.tenant_tables, other.ready, other.activated,
                                             other.deactivated, other.routing, other.phases, other.keys)
+        return same and self.copy_columns == other.copy_columns
 
     def phase(self, shop_id: int) -> ShopPhase:
         return self.phases.get(shop_id) or ShopPhase(shop_id)
@@ -100,8 +104,9 @@ class TenantCatalog:
         holding = frozenset(shop for shop, record in phases.items() if record.holding)
         epoch = max((record.epoch for record in phases.values()), default=0)
         keys = await read_key_facts(conn, tables)
+        copy_columns = await read_copy_columns(conn, tables, self.tenancy.tenant_column)
         new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing, phases,
-                              holding, epoch, keys)
+                              holding, epoch, keys, copy_columns=copy_columns)
         changed = not new.same_content(old)
         if changed:
             new = dataclasses.replace(new, version=old.version + 1)

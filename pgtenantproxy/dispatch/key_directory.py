@@ -46,6 +46,7 @@ from pgtenantproxy.tenancy.sql import QualifiedName, ident
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (table label, canonical key text)
+ONCE_LIMIT = 10_000
 _ARRAY_TYPES = {"int": "int8[]", "uuid": "uuid[]", "text": "text[]"}
 
 
@@ -114,6 +115,7 @@ class KeyDirectory:
         self,
         *,
         unified: Callable[[], Any],
+        pool: asyncpg.Pool | None = None,
         tenant_connect: Callable[[int], Awaitable[asyncpg.Connection]],
         tenant_column: str,
         cache_size: int = 100_000,
@@ -121,6 +123,7 @@ class KeyDirectory:
         confirm_limit: int = 32,
     ) -> None:
         self._unified = unified  # () -> an asyncpg pool's acquire() context
+        self._pool = pool  # closed with the directory
         self._tenant_connect = tenant_connect
         self.tenant_column = tenant_column
         self.cache_size = cache_size
@@ -128,8 +131,11 @@ class KeyDirectory:
         self.confirm_limit = confirm_limit
         self.stats = KeyStats()
         self._cache: OrderedDict[Key, int] = OrderedDict()
-        self._once: dict[Key, int | KeyLookupError | None] = {}
+        #: A lookup's answers, each handed once to the decision that waited for it (bounded: a session
+        #: that left before asking again leaves its answer behind).
+        self._once: OrderedDict[Key, int | KeyLookupError | None] = OrderedDict()
         self._pending: dict[Key, asyncio.Future[None]] = {}
+        self._batch: _Batch | None = None
         self._tenants: dict[int, asyncpg.Connection] = {}
         self._tenant_locks: dict[int, asyncio.Lock] = {}
 
@@ -141,33 +147,54 @@ class KeyDirectory:
         return KeyScope(self, facts, lookups)
 
     def answer(self, key: Key) -> KeyShop | KeyLookupError:
-        """What is known of ``key`` now: a shop, nowhere/failure (handed out once), or PENDING."""
+        """What is known of ``key`` now: a shop, nowhere/failure (a lookup's answer is handed once to
+        the decision that waited for it, not counted as a cache hit), or PENDING."""
+        if key in self._once and key not in self._pending:
+            return self._once.pop(key)
         cache = self._cache
         shop = cache.get(key)
         if shop is not None:
             cache.move_to_end(key)
             self.stats.hits += 1
             return shop
-        if key in self._once and key not in self._pending:
-            return self._once.pop(key)
         self.stats.misses += 1
         return PENDING
 
     def request(self, keys: Iterable[Key], facts: KeyFacts, own: Iterable[int]) -> asyncio.Future[None]:
-        """Look ``keys`` up (those not already being looked up); the future ends when all are known."""
+        """Look ``keys`` up (those not already being looked up); the future ends when all are known.
+
+        Keys asked for in one turn of the event loop, by every session, go in one batch: one query
+        per table on unified.
+        """
         loop = asyncio.get_running_loop()
-        waits = [self._pending[k] for k in keys if k in self._pending]
+        waits = {id(f): f for k in keys if (f := self._pending.get(k)) is not None}
         fresh = [k for k in keys if k not in self._pending]
         if fresh:
-            task = loop.create_task(self._lookup(fresh, facts, sorted(own)))
-            done: asyncio.Future[None] = loop.create_future()
-            task.add_done_callback(lambda _t: _finish(done))
+            batch = self._batch
+            if batch is None:
+                batch = self._batch = _Batch(loop.create_future())
+                loop.call_soon(self._flush)
+            batch.facts, batch.own = facts, own  # the newest snapshot asks
             for k in fresh:
-                self._pending[k] = done
-            waits.append(done)
-        if len(waits) == 1:
-            return waits[0]
-        return asyncio.ensure_future(_all(waits))
+                self._pending[k] = batch.done
+                batch.keys.append(k)
+            waits[id(batch.done)] = batch.done
+        futures = list(waits.values())
+        return futures[0] if len(futures) == 1 else asyncio.ensure_future(_all(futures))
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        lookup = self._lookup(batch.keys, batch.facts, sorted(batch.own))
+        task = asyncio.get_running_loop().create_task(lookup)
+        task.add_done_callback(lambda _t: _finish(batch.done))
+
+    def _hand_once(self, key: Key, answer: int | KeyLookupError | None) -> None:
+        once = self._once
+        once[key] = answer
+        if len(once) > ONCE_LIMIT:
+            once.popitem(last=False)
 
     async def _lookup(self, keys: list[Key], facts: KeyFacts, own: list[int]) -> None:
         self.stats.lookups += 1
@@ -185,17 +212,17 @@ class KeyDirectory:
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or exc.__class__.__name__
             logger.warning("routing by key: lookup of %d key(s) failed: %s", len(keys), reason)
             for k in keys:
-                if k not in self._cache and k not in self._once:
-                    self._once[k] = KeyLookupError(
-                        f"the shop of a key of {k[0]} could not be looked up: {reason}")
+                if k not in self._once:
+                    self._hand_once(k, KeyLookupError(
+                        f"the shop of a key of {k[0]} could not be looked up: {reason}"))
         finally:
             for k in keys:
                 self._pending.pop(k, None)
 
     def _store(self, key: Key, shop: int | None) -> None:
+        self._hand_once(key, shop)
         if shop is None:
             self.stats.nowhere += 1
-            self._once[key] = None
             return
         cache = self._cache
         cache[key] = shop
@@ -213,11 +240,14 @@ class KeyDirectory:
             missing = [t for t in texts if t not in found]
             candidates = await _directory(conn, table, kind, missing) if missing else {}
         confirm: dict[int, list[str]] = {}
+        drawn_in_blocks = kind == "int" and facts.blocks_cover(table, column, own)
         for text in missing:
             shops = candidates.get(text)
             if shops is not None and len(shops) == 1:
                 found[text] = next(iter(shops))
                 continue
+            if not shops and drawn_in_blocks:
+                continue  # a cut-over shop draws this key's ids from its blocks only: nowhere
             where = sorted(shops) if shops else own
             if len(where) > self.confirm_limit:
                 raise KeyLookupError(
@@ -252,12 +282,27 @@ class KeyDirectory:
                 raise
 
     async def close(self) -> None:
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 2.0)
+            except Exception:
+                self._pool.terminate()
         conns, self._tenants = list(self._tenants.values()), {}
         for conn in conns:
             try:
                 await asyncio.wait_for(conn.close(), 2.0)
             except Exception:
                 conn.terminate()
+
+
+@dataclass
+class _Batch:
+    """Keys asked for in one turn of the event loop."""
+
+    done: asyncio.Future[None]
+    keys: list[Key] = field(default_factory=list)
+    facts: KeyFacts = field(default_factory=KeyFacts)
+    own: Iterable[int] = ()
 
 
 def _finish(done: asyncio.Future[None]) -> None:

@@ -13,6 +13,7 @@ Immutable; rebuilt whole on each catalog refresh.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -34,7 +35,9 @@ WHERE f.contype = 'f' AND cardinality(f.conkey) = 1
 """
 
 _PRIMARY_KEYS = """
-SELECT n.nspname || '.' || c.relname AS tbl, a.attname AS col, a.atttypid::int AS typid
+SELECT n.nspname || '.' || c.relname AS tbl, a.attname AS col, a.atttypid::int AS typid,
+       pg_get_serial_sequence(quote_ident(n.nspname) || '.' || quote_ident(c.relname), a.attname) IS NOT NULL
+           AS sequenced
 FROM pg_index i
 JOIN pg_class c ON c.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -51,6 +54,8 @@ class KeyFacts:
     foreign_keys: frozenset[tuple[str, str, str, str]] = frozenset()
     #: (table, column) -> sorted ((first, last, shop), ...)
     blocks: dict[tuple[str, str], tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
+    #: key columns filled by a sequence (serial, identity): (table, column)
+    sequenced: frozenset[tuple[str, str]] = frozenset()
     #: every single-column foreign key between tenant tables not proven inconsistent (proven or not yet
     #: checked): what the readiness recorder may count on once the cutover gate has proven them
     unrefuted: frozenset[tuple[str, str, str, str]] = frozenset()
@@ -67,6 +72,14 @@ class KeyFacts:
                 return shop
         return None
 
+    def blocks_cover(self, table: str, column: str, shops: Iterable[int]) -> bool:
+        """Is ``column`` filled by a sequence, and has every one of ``shops`` an id block of it (so the
+        ids their databases drew are all inside recorded blocks)?"""
+        if (table, column) not in self.sequenced:
+            return False
+        holders = {shop for _first, _last, shop in self.blocks.get((table, column), ())}
+        return all(shop in holders for shop in shops)
+
     def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
         fks = self.foreign_keys
         return (a, a_col, b, b_col) in fks or (b, b_col, a, a_col) in fks
@@ -79,6 +92,7 @@ class KeyFacts:
 async def read_key_facts(conn: asyncpg.Connection, tenant_tables: frozenset[str]) -> KeyFacts:
     rows = await conn.fetch(_PRIMARY_KEYS, sorted(tenant_tables))
     columns = {r["tbl"]: (r["col"], _KINDS[r["typid"]]) for r in rows if r["typid"] in _KINDS}
+    sequenced = frozenset((r["tbl"], r["col"]) for r in rows if r["sequenced"])
     proofs = [p for p in await read_fk_proofs(conn) if len(p.fk.child_cols) == 1]
     fks = frozenset(_edge(p) for p in proofs
                     if p.consistent and p.fk.child in tenant_tables and p.fk.parent in tenant_tables)
@@ -88,7 +102,7 @@ async def read_key_facts(conn: asyncpg.Connection, tenant_tables: frozenset[str]
     blocks: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     for b in await read_id_blocks(conn):
         blocks.setdefault((b.table, b.column), []).append((b.first, b.last, b.shop_id))
-    return KeyFacts(columns, fks, {k: tuple(sorted(v)) for k, v in blocks.items()},
+    return KeyFacts(columns, fks, {k: tuple(sorted(v)) for k, v in blocks.items()}, sequenced,
                     frozenset(declared - refuted))
 
 

@@ -69,7 +69,7 @@ class RoutingRuntime:
     async def start(
         cls, config: Config, *, mirror: MirrorView | None = None, listen: bool = True
     ) -> RoutingRuntime:
-        tenancy = await TenancyService.open(config, need_key=True, pool_size=8)
+        tenancy = await TenancyService.open(config, need_key=True, pool_size=4)
         pools, unified_pools = _pool_managers(config, tenancy)
         catalog = TenantCatalog(config.tenancy, interval=config.routing.catalog_refresh_ms / 1000)
         async with tenancy.pool.acquire() as conn:
@@ -90,7 +90,7 @@ class RoutingRuntime:
         )
         dispatcher.hold_timeout = config.routing.write_hold_timeout_ms / 1000
         dispatcher.conflicts.start(tenancy.pool)
-        dispatcher.keys = _key_directory(config, tenancy)
+        dispatcher.keys = await _key_directory(config, tenancy)
         runtime = cls(config, tenancy, catalog, pools, unified_pools, dispatcher, None, state)
         runtime._apply_shadow(config)
         catalog.on_change.append(runtime._on_catalog)
@@ -218,18 +218,26 @@ def _router(config: Config, state: RoutingState | None, old: Router | None) -> R
     )
 
 
-def _key_directory(config: Config, tenancy: TenancyService) -> KeyDirectory:
-    """Routing by key: lookups on unified share the control plane's pool; confirmations on a
-    cut-over shop's database connect as the shop's own role."""
+async def _key_directory(config: Config, tenancy: TenancyService) -> KeyDirectory:
+    """Routing by key: lookups on unified on a small pool of their own (no reset query between
+    lookups: they leave no session state); confirmations on a cut-over shop's database connect as
+    the shop's own role."""
     routing = config.routing
+    pool = await asyncpg.create_pool(**unified_connect_kwargs(config), min_size=0, max_size=4,
+                                     reset=_no_reset)
     return KeyDirectory(
-        unified=tenancy.pool.acquire,
+        unified=pool.acquire,
+        pool=pool,
         tenant_connect=lambda shop: connect_tenant(tenancy.registry, shop),
         tenant_column=config.tenancy.tenant_column,
         cache_size=routing.key_cache_size,
         timeout=routing.key_lookup_timeout_ms / 1000,
         confirm_limit=routing.key_confirm_limit,
     )
+
+
+async def _no_reset(_conn: asyncpg.Connection) -> None:
+    return None
 
 
 def _pool_managers(config: Config, tenancy: TenancyService) -> tuple[PoolManager, PoolManager]:

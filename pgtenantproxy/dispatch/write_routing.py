@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot
+from pgtenantproxy.dispatch.copy_columns import CopyColumns
+from pgtenantproxy.dispatch.copy_routing import UNIFIED_AS_USUAL, copy_decision
 from pgtenantproxy.lifecycle.phases import MIRRORED, OWN_DATABASE
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit
@@ -61,6 +63,8 @@ class Lanes:
     holding: frozenset[int]
     #: Shops the readiness recorder watches (candidates for cutover).
     watched: frozenset[int]
+    #: Where the tenant column is in a COPY without a column list (:mod:`.copy_routing`).
+    copy_columns: CopyColumns = field(default_factory=CopyColumns, compare=False)
 
     @property
     def active(self) -> bool:
@@ -74,6 +78,7 @@ def lanes_of(snapshot: CatalogSnapshot) -> Lanes:
         frozenset(p.shop_id for p in phases if p.effective in OWN_DATABASE),
         snapshot.holding,
         frozenset(p.shop_id for p in phases if p.effective in MIRRORED),
+        snapshot.copy_columns,
     )
 
 
@@ -97,6 +102,8 @@ def write_decision(
     held: Callable[[int], Callable[[], bool]],
     hold_s: float,
 ) -> Decision | None:
+    if (copy := copy_decision(view, facts, lanes, tenant_tables, held=held, hold_s=hold_s)) is not None:
+        return None if copy is UNIFIED_AS_USUAL else copy  # COPY: see copy_routing
     touch, (kind, table) = view.touch, view.label
     pinned = facts.pinned_shop
     if pinned is not None:
