@@ -56,6 +56,10 @@ REF_TAG = "refrun"
 #: The phases a load shop goes through, as the load labels its iterations ("cutover": the command runs).
 PHASE_ORDER = ("mirroring", "reads_on_tenant", "cutover", "tenant_primary")
 REFUSALS = frozenset({"0A000", "55000", "55P03"})
+#: Steps the lifecycle load leaves out: a shop's rows joined with a global table is refused after the
+#: shop's cutover (until global tables are federated, a later issue), and seen, it keeps the cutover's
+#: readiness check from passing without --force. The driver tests run it.
+LOAD_SKIPS = frozenset({"global_join"})
 
 
 def _phase_rank(phase: str) -> int:
@@ -195,7 +199,7 @@ def _load(bed: DriverBed, shop: int, reference: Result, phase_of: dict[int, str]
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(bed.proxied.conninfo(), autocommit=True)
-            result = py_psycopg.run_workload(conn, shop, tag)
+            result = py_psycopg.run_workload(conn, shop, tag, LOAD_SKIPS)
             diffs = compare(reference, result, BASELINE, tags=(REF_TAG, tag), drop_rows=GROWING)
             out.append(Iteration(shop, phase, time.monotonic() - started, diffs))
         except Exception as exc:  # a broken connection: counted, then reconnect
@@ -257,8 +261,8 @@ def _migrate(bed: DriverBed, run: LifecycleRun) -> LifecycleRun:
     _setup(bed, run)
     references = {}
     for shop in LOAD_SHOPS:
-        references[shop] = py_psycopg.run(bed.direct.conninfo(), shop, REF_TAG)
-        expect_direct(references[shop])
+        references[shop] = py_psycopg.run(bed.direct.conninfo(), shop, REF_TAG, LOAD_SKIPS)
+        expect_direct(references[shop], LOAD_SKIPS)
     phase_of = dict.fromkeys(SHOPS, "mirroring")
     stop = threading.Event()
     loads = [threading.Thread(target=_load, name=f"load-{shop}", daemon=True,

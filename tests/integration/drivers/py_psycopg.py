@@ -30,11 +30,14 @@ FIND_CUSTOMER = "SELECT id, name, phone FROM customers WHERE shop_id = %s AND na
 
 
 class _Steps:
-    def __init__(self) -> None:
+    def __init__(self, skip: frozenset[str] = frozenset()) -> None:
         self.steps: list[Outcome] = []
+        self.skip = skip
 
     def run(self, label: str, action: Callable[[], Any]) -> Any:
         """Run one statement; record its outcome; return the action's value (None after an error)."""
+        if label in self.skip:
+            return None
         try:
             value = action()
         except psycopg.Error as exc:
@@ -80,9 +83,11 @@ class _Rollback(Exception):
     pass
 
 
-def run_workload(conn: psycopg.Connection[Any], shop: int, tag: str) -> Result:
-    """The whole workload for ``shop`` on an open autocommit connection."""
-    s = _Steps()
+def run_workload(
+    conn: psycopg.Connection[Any], shop: int, tag: str, skip: frozenset[str] = frozenset()
+) -> Result:
+    """The whole workload for ``shop`` on an open autocommit connection (but the ``skip`` steps)."""
+    s = _Steps(skip)
     cur = conn.cursor()
     cid = s.run("insert_customer", lambda: _fetch(
         cur, "INSERT INTO customers (shop_id, name, phone) VALUES (%s, %s, %s) RETURNING id",
@@ -194,6 +199,6 @@ def run_workload(conn: psycopg.Connection[Any], shop: int, tag: str) -> Result:
     return {"driver": "psycopg", "shop": shop, "steps": s.steps}
 
 
-def run(conninfo: str, shop: int, tag: str) -> Result:
+def run(conninfo: str, shop: int, tag: str, skip: frozenset[str] = frozenset()) -> Result:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        return run_workload(conn, shop, tag)
+        return run_workload(conn, shop, tag, skip)
