@@ -38,6 +38,7 @@ from pgtenantproxy.dispatch.conflicts import ConflictRecorder
 from pgtenantproxy.dispatch.items import unit_items
 from pgtenantproxy.dispatch.key_directory import KeyDirectory, KeyScope
 from pgtenantproxy.dispatch.shadow import ShadowReader, ShadowResult
+from pgtenantproxy.dispatch.sql_statements import SqlStatements
 from pgtenantproxy.dispatch.write_routing import NOT_ATOMIC, Lanes, UnitView, lanes_of, write_decision
 from pgtenantproxy.pools.pool import PoolManager, TenantPool
 from pgtenantproxy.protocol import constants as c
@@ -47,6 +48,7 @@ from pgtenantproxy.routing import BatchItem, Claim, RoutedUnit, Router, SessionS
 from pgtenantproxy.routing.keys import AnyOwner, names_no_shop
 from pgtenantproxy.routing.primary import touch
 from pgtenantproxy.routing.readiness import TxTrace, UnitNote
+from pgtenantproxy.routing.sql_prepared import is_prepare
 from pgtenantproxy.session.decision import Aside, Decision, Hold, Refusal, Refuse, ToTenant, ToUnified
 from pgtenantproxy.session.facts import SessionFacts
 
@@ -102,6 +104,11 @@ class SessionRouting:
     last: RoutedUnit | None = None
     #: The readiness recorder's view of the current transaction (None: nothing recorded yet).
     trace: TxTrace | None = None
+    #: SQL-level prepared statements (PREPARE / EXECUTE / DEALLOCATE).
+    sql: SqlStatements = field(default_factory=SqlStatements)
+    #: The shop whose database ran this session's last statement that may have drawn from a sequence
+    #: outside a transaction of its own (None: unified): lastval()/currval() answer from there only.
+    sequence_shop: int | None = None
 
 
 class Dispatcher:
@@ -164,6 +171,15 @@ class Dispatcher:
             return ToUnified(reason="unknown_statement" if items is None else "empty")
         if facts.deferred_begin is not None:  # the lazy BEGIN is part of this unit now
             items = [BatchItem(facts.deferred_begin), *items]
+        items, prepares = state.sql.substitute(items)  # EXECUTE routed as the query it runs
+        decision = self._route(unit, facts, state, items)
+        if prepares and isinstance(decision, ToTenant):
+            decision = dataclasses.replace(decision, sql_prepares=prepares)
+        return _sequences(state, decision, facts)
+
+    def _route(
+        self, unit: Unit, facts: SessionFacts, state: SessionRouting, items: list[BatchItem]
+    ) -> Decision:
         snapshot = self.catalog.snapshot
         shadowed = self._shadowed(state, snapshot)
         lanes = self._lanes_for(snapshot)
@@ -193,7 +209,7 @@ class Dispatcher:
             if special is not None:
                 return special
             if lanes.watched and (view.touch.shops or view.touch.global_tables or view.touch.unknown):
-                unknown = view.touch.unknown and names_no_shop(
+                unknown = view.touch.unknown and not is_prepare(items[0].sql) and names_no_shop(
                     routed.pairs(items), routed.identifications, snapshot.tenant_tables,
                     AnyOwner(lambda t: _key_column(snapshot, t), snapshot.keys.may_be_consistent))
                 note = UnitNote(view.touch, tuple(a.fingerprint or "?" for a in routed.analyses),
@@ -400,6 +416,32 @@ def _autocommit_read(routed: RoutedUnit, facts: SessionFacts, lanes: Lanes) -> b
         and facts.deferred_begin is None
         and all(stmt.read_only for stmt in routed.statements)
     )
+
+
+_DRAWS = frozenset({"nextval", "pg_catalog.nextval"})
+_SESSION_SEQUENCE = frozenset({"lastval", "currval", "pg_catalog.lastval", "pg_catalog.currval"})
+
+
+def _sequences(state: SessionRouting, decision: Decision, facts: SessionFacts) -> Decision:
+    """lastval()/currval() answer from the connection that drew the value: inside a transaction that
+    is the transaction's own; outside, a shop's pooled connection is gone once the INSERT ended, so
+    after a statement that may have drawn on a shop's database they are refused (never another
+    connection's value). RETURNING, or both statements in one transaction or one Query, answer."""
+    routed = state.last
+    if routed is None or facts.pinned_shop is not None or facts.tx_status != c.TX_IDLE:
+        return decision
+    statements = routed.statements
+    if any(s.kind == "insert" or _DRAWS.intersection(s.unsafe) for s in statements):
+        if isinstance(decision, ToTenant | ToUnified):
+            state.sequence_shop = decision.shop_id if isinstance(decision, ToTenant) else None
+        return decision
+    shop = state.sequence_shop
+    if shop is None or not any(_SESSION_SEQUENCE.intersection(s.unsafe) for s in statements):
+        return decision
+    return Refuse(shop, "session_sequence", kind="select", error=Refusal(
+        NOT_ATOMIC, f"pgtenantproxy: lastval()/currval() after an INSERT that ran on shop {shop}'s database "
+                    "outside a transaction: that connection went back to the pool",
+        "Use INSERT ... RETURNING, or run the INSERT and lastval() in one transaction."))
 
 
 def _key_column(snapshot: CatalogSnapshot, table: str) -> str | None:

@@ -46,12 +46,23 @@ from pgtenantproxy.protocol.local_answers import answerable
 from pgtenantproxy.routing import BatchItem, RoutedUnit
 from pgtenantproxy.routing.model import StatementAnalysis
 from pgtenantproxy.routing.primary import Touch
+from pgtenantproxy.routing.sql_prepared import is_prepare
 from pgtenantproxy.routing.tables import is_tenant_table
-from pgtenantproxy.session.decision import AnswerBegin, AnswerEnd, Decision, Hold, Refusal, Refuse, ToTenant
+from pgtenantproxy.session.decision import (
+    AnswerBegin,
+    AnswerEnd,
+    AnswerLocal,
+    Decision,
+    Hold,
+    Refusal,
+    Refuse,
+    ToTenant,
+)
 from pgtenantproxy.session.facts import SessionFacts
 
 NOT_ATOMIC = "0A000"
 _START = re.compile(r"\s*start\b", re.IGNORECASE)
+_DEALLOCATE = re.compile(r"\s*deallocate\b(?:\s+prepare)?(\s+all\b)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,9 @@ def write_decision(
     if pinned is not None:
         if touch.only(pinned):
             return ToTenant(pinned, "pinned_transaction", kind=kind, table=table, primary=True)
+        local = _answered_locally(view, facts)
+        if local is not None:
+            return local
         return _refuse(pinned, _pinned_message(pinned, touch), kind, table)
     if facts.tx_status == c.TX_IDLE:
         local = _local_answer(view, facts, lanes)
@@ -145,6 +159,8 @@ def _unplaced(view: UnitView, facts: SessionFacts, lanes: Lanes, tenant_tables: 
     routed = view.routed
     if any(stmt.kind == "ddl" for stmt in routed.statements):
         return None
+    if len(view.items) == 1 and len(routed.statements) == 1 and is_prepare(view.items[0].sql):
+        return None  # a definition: touches no row (its EXECUTE is routed as the query)
     primary = sorted(touch.shops & lanes.primary)
     if primary:
         shop = primary[0]
@@ -201,6 +217,24 @@ def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision
         if not tx.chain:
             return AnswerEnd(reason="deferred_end", tag="COMMIT" if tx.op == "commit" else "ROLLBACK")
     return None
+
+
+def _answered_locally(view: UnitView, facts: SessionFacts) -> Decision | None:
+    """``DEALLOCATE name|ALL`` or ``PREPARE`` (a simple Query) in a transaction on a shop's database:
+    answered by the proxy (in a failed transaction: the server's own 25P02). DEALLOCATE: the client's
+    registry forgets, the servers' copies are replaced when the name is parsed again (psycopg sends
+    ``DEALLOCATE ALL`` after a rolled-back savepoint). PREPARE: remembered by the router, defined on
+    the database an EXECUTE of it goes to."""
+    if view.unit.kind != "query" or len(view.items) != 1 or len(view.routed.statements) != 1:
+        return None
+    sql = view.items[0].sql
+    if is_prepare(sql):
+        return AnswerLocal(facts.pinned_shop, "prepare", kind="other", tag="PREPARE")
+    m = _DEALLOCATE.match(sql)
+    if m is None:
+        return None
+    return AnswerLocal(facts.pinned_shop, "deallocate", kind="other",
+                       tag="DEALLOCATE ALL" if m.group(1) else "DEALLOCATE")
 
 
 def _one_statement_unit(view: UnitView) -> bool:

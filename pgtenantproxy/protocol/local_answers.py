@@ -88,6 +88,11 @@ def _shape(messages: list[ClientMessage]) -> list[bytes] | None:
     return out if executed else None
 
 
+def statement_answers(unit: Unit) -> list[bytes] | None:
+    """The answer per message of an :func:`answerable` unit, the Execute's empty (None: another shape)."""
+    return _shape(unit.messages)
+
+
 def extended_reply(unit: Unit, tag: str, status: int) -> bytes:
     """The server's answer to an :func:`answerable` unit whose statement completes with ``tag``."""
     parts = _shape(unit.messages)
@@ -136,6 +141,11 @@ class ReplyFilter:
         self.done = False
         #: The status of the ReadyForQuery the server sent.
         self.status = c.TX_IDLE
+
+    @property
+    def skipped(self) -> bool:
+        """The answer's ReadyForQuery is removed (the relay's bookkeeping never sees it)."""
+        return self.rewrite_to is None
 
     def feed(self, data: bytes) -> tuple[bytes, bytes, bytes]:
         buf = self._buf + data if self._buf else data

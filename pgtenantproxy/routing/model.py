@@ -109,6 +109,34 @@ class TxControl:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyTarget:
+    """A COPY statement as routing needs it: where its data goes or comes from, and its layout.
+
+    Options are as written (None: PostgreSQL's default); ``header`` is true for ``HEADER
+    true|on|1|match``; ``other`` names the options the proxy does not read (``force_null``,
+    ``freeze``, ``default``, ``on_error``...) and ``where`` for a ``WHERE`` clause.
+    """
+
+    #: The table as written (``schema.name`` or ``name``); None for ``COPY (query) TO``.
+    table: str | None
+    #: The column list (identifiers as stored); None: every column, in the table's order.
+    columns: tuple[str, ...] | None = None
+    #: The tenant column's position in ``columns`` (None: no list, or not in it).
+    tenant_index: int | None = None
+    is_from: bool = False
+    #: STDIN / STDOUT (not a file or a program on the server).
+    stdio: bool = True
+    format: str = "text"
+    delimiter: str | None = None
+    null: str | None = None
+    quote: str | None = None
+    escape: str | None = None
+    header: bool = False
+    encoding: str | None = None
+    other: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StatementAnalysis:
     kind: StatementKind
     understood: bool = True
@@ -129,6 +157,8 @@ class StatementAnalysis:
     temp_tables: tuple[str, ...] = ()
     #: Why the statement is not understood.
     note: str | None = None
+    #: A COPY statement's table, columns, direction and data format (None: not a COPY).
+    copy: CopyTarget | None = None
     #: Key equalities on table occurrences (routing by key), and equalities between occurrences'
     #: columns (pins follow proven foreign keys along them).
     keys: tuple[KeyCondition, ...] = ()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pgtenantproxy.routing.copy_statement import copy_target
 from pgtenantproxy.routing.model import SHOP_SETTING, SetShop, StatementAnalysis, StatementKind, TxControl
 from pgtenantproxy.routing.values import const_value, int_text
 from pgtenantproxy.routing.walker import Node, StatementWalker
@@ -81,7 +82,8 @@ def _other(key: str, body: Node, walker: StatementWalker) -> StatementAnalysis:
     if key == "LockStmt":
         return walker.result("other", has_locking=True)
     writes = key in _MAY_WRITE or (key == "CopyStmt" and bool(body.get("is_from")))
-    return walker.result("other", has_write=writes)
+    copy = copy_target(body, walker.col) if key == "CopyStmt" else None
+    return walker.result("other", has_write=writes, copy=copy)
 
 
 def _relations(node: Any, skip: tuple[str, ...] = ()) -> list[Node]:

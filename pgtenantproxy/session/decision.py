@@ -12,7 +12,11 @@ and the readiness recorder read (:class:`Decision`):
 * :class:`AnswerBegin` / :class:`AnswerEnd`: the proxy answers a lazy BEGIN (and a
   COMMIT/ROLLBACK right after it) itself;
 * :class:`Aside`: Parse/Describe only, run on unified outside the deferred
-  transaction (the client's ReadyForQuery says it is still in one).
+  transaction (the client's ReadyForQuery says it is still in one);
+* :class:`CopyFirstRow`: a COPY FROM STDIN whose database its first row decides:
+  the proxy starts it itself, reads that row, then asks again with
+  :attr:`~pgtenantproxy.session.facts.SessionFacts.copy_first_row` set
+  (:mod:`pgtenantproxy.session.copy_in`).
 
 :attr:`Decision.target` is a :class:`Target` (a label for metrics), fixed per
 class; code dispatches on the class (``match``), never on strings.
@@ -25,6 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
+from pgtenantproxy.protocol.copy_rows import CopyFormat
+
+TEXT_FORMAT = CopyFormat()
+
 
 class Target(enum.StrEnum):
     UNIFIED = "unified"
@@ -34,6 +42,7 @@ class Target(enum.StrEnum):
     BEGIN = "begin"
     LOCAL = "local"
     ASIDE = "aside"
+    COPY = "copy"
 
 
 class Refusal(NamedTuple):
@@ -71,6 +80,9 @@ class ToUnified(Decision):
 class ToTenant(Decision):
     #: A tenant_primary shop's unit: may write and open a transaction there; never falls back.
     primary: bool = False
+    #: SQL-level prepared statements the unit EXECUTEs: (name, its PREPARE, its DEALLOCATE), defined on
+    #: the connection first when it lacks them.
+    sql_prepares: tuple[tuple[str, str, str], ...] = ()
     target: ClassVar[Target] = Target.TENANT
 
 
@@ -111,8 +123,34 @@ class AnswerEnd(Decision):
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerLocal(Decision):
+    """A statement the proxy answers itself, the transaction staying where it is: ``DEALLOCATE``
+    inside a transaction on a shop's database (the client's registry forgets the statements; the
+    servers keep theirs, replaced when the client parses the name again)."""
+
+    tag: str = "DEALLOCATE"
+    target: ClassVar[Target] = Target.LOCAL
+
+
+@dataclass(frozen=True, slots=True)
 class Aside(Decision):
     target: ClassVar[Target] = Target.ASIDE
+
+
+@dataclass(frozen=True, slots=True)
+class CopyFirstRow(Decision):
+    """COPY ... FROM STDIN into a tenant table, run where its first row's shop lives.
+
+    ``shop_id`` is the shop whose transaction the session has open (the COPY runs there
+    whatever its rows say), else None. What the proxy needs to read the rows and to
+    start the COPY itself: the tenant column's position in a row (from 0), the number
+    of columns of a row (the CopyInResponse), and the data format.
+    """
+
+    column: int = 0
+    columns: int = 1
+    format: CopyFormat = TEXT_FORMAT
+    target: ClassVar[Target] = Target.COPY
 
 
 #: Units the session must keep on unified (after a Flush, COPY, a FunctionCall...).

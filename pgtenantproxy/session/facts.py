@@ -11,6 +11,13 @@ from pgtenantproxy.session.statements import PreparedStatements
 SHARED_SETTINGS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings")
 
 
+@dataclass(frozen=True, slots=True)
+class FirstRow:
+    """The first row of a COPY FROM STDIN the proxy started itself: its shop (None: no row came)."""
+
+    shop_id: int | None
+
+
 @dataclass
 class SessionFacts:
     """What the router may look at about a session.
@@ -19,7 +26,8 @@ class SessionFacts:
     router's own): ``tx_status`` from unified's last ReadyForQuery,
     ``settings`` from unified's ParameterStatus, ``statements`` from the
     client's Parse/Close/DEALLOCATE, ``pinned_shop`` / ``deferred_begin`` from
-    where the session's transaction is (:class:`~pgtenantproxy.session.state.TxPlace`).
+    where the session's transaction is (:class:`~pgtenantproxy.session.state.TxPlace`),
+    ``copy_first_row`` for the time of one ``decide`` call.
     """
 
     startup: dict[str, str]
@@ -32,6 +40,9 @@ class SessionFacts:
     pinned_shop: int | None = None
     #: The SQL of a BEGIN the proxy answered itself and has not sent anywhere yet (lazy BEGIN).
     deferred_begin: str | None = None
+    #: Set only while the machine asks where a COPY FROM STDIN it started runs (a
+    #: :class:`~pgtenantproxy.session.decision.CopyFirstRow`): what its first row says.
+    copy_first_row: FirstRow | None = None
 
     def shared_settings(self) -> dict[str, str]:
         """The settings a tenant connection must share with this session."""

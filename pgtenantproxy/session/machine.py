@@ -20,8 +20,9 @@ How a unit travels:
    (pipelining keeps working). Any other decision waits until unified owes
    nothing (so the router sees the right transaction status), then acts:
    a tenant unit (:mod:`.tenant_unit`: one write, answers of the proxy's own
-   preparations removed), a refusal, a hold, or the proxy's own answer to a
-   lazy BEGIN / the COMMIT right after it.
+   preparations removed), a refusal, a hold, the proxy's own answer to a
+   lazy BEGIN / the COMMIT right after it, or a COPY FROM STDIN the proxy
+   starts itself and places by its first row (:mod:`.copy_flow`).
 3. Answers reach the client in the order of the units, whichever server made them.
 
 States and where the session's transaction lives are declared in
@@ -47,11 +48,14 @@ from pgtenantproxy.protocol.local_answers import ReplyFilter, refusal_unit
 from pgtenantproxy.protocol.messages import SYNC_MESSAGE, ParameterStatus, Query, ReadyForQuery
 from pgtenantproxy.protocol.records import ClientReader
 from pgtenantproxy.session.contract import Effects, TenantLink, UnitRouter
+from pgtenantproxy.session.copy_flow import CopyFlow
 from pgtenantproxy.session.decision import (
     UNIFIED_PINNED,
     AnswerBegin,
     AnswerEnd,
+    AnswerLocal,
     Aside,
+    CopyFirstRow,
     Decision,
     Hold,
     Refusal,
@@ -61,6 +65,7 @@ from pgtenantproxy.session.decision import (
 )
 from pgtenantproxy.session.facts import SessionFacts
 from pgtenantproxy.session.refusals import (
+    IN_FAILED_TRANSACTION,
     hold_timeout_error,
     lost_transaction,
     not_in_tenant_transaction,
@@ -68,7 +73,15 @@ from pgtenantproxy.session.refusals import (
     primary_unavailable,
     tenant_unavailable,
 )
-from pgtenantproxy.session.runs import HeldUnit, TenantRun, UnifiedBatch, _Admit, describes_only, local_reply
+from pgtenantproxy.session.runs import (
+    HeldUnit,
+    TenantRun,
+    UnifiedBatch,
+    _Admit,
+    describes_only,
+    lacks_statements,
+    local_reply,
+)
 from pgtenantproxy.session.state import Event, State, TxEvent, TxPlace, advance, advance_tx
 from pgtenantproxy.session.tenant_unit import UNKNOWN_SQL, Outcome, TenantUnit
 from pgtenantproxy.session.unified_answers import UnifiedAnswers
@@ -127,6 +140,8 @@ class SessionMachine:
         self._held: HeldUnit | None = None
         #: Unified's bytes for the client that arrived while a tenant unit ran (sent after it).
         self._unified_waiting: list[bytes] = []
+        #: COPY FROM STDIN routed by its first row; extended COPY's Sync on unified (:mod:`.copy_flow`).
+        self._copies = CopyFlow(self)
 
     # --- what the driver asks ---------------------------------------------------------
     @property
@@ -143,6 +158,7 @@ class SessionMachine:
             and not self._queue
             and not self._assembler.has_pending
             and self.tx_status == c.TX_IDLE
+            and not self._copies.active
         )
 
     @property
@@ -168,6 +184,7 @@ class SessionMachine:
             return
         self._advance(Event.CLOSE)
         self.fx.clear_timer()
+        self._copies.dispose()
         run, self._run = self._run, None
         if run is not None and run.link is not None:
             self.fx.detach(run.link)
@@ -194,6 +211,8 @@ class SessionMachine:
             last = queue[-1]
             if len(last.messages) == len(records) and last.messages[0] is records[0]:
                 last.wire = data  # the unit is this very chunk: forwarded as it came
+        if self._copies.active:
+            self._copies.units()
         if self.state in _DISPATCHING and not (self._await_drain and self.owed):
             self._pump()
         else:
@@ -201,6 +220,10 @@ class SessionMachine:
 
     def _pump(self) -> None:
         """Dispatch queued units in order; stop at one that must wait (see the module docstring)."""
+        if self._copies.active:
+            self._copies.units()
+            if self._copies.active:
+                return  # the COPY's data is not over: nothing may overtake it
         queue = self._queue
         while queue and self.state in _DISPATCHING:
             unit = queue[0]
@@ -265,9 +288,18 @@ class SessionMachine:
             decision = ToUnified(reason="router_error")
         if self.tx is TxPlace.LOST:
             return Refuse(self._lost_shop, "lost_transaction", error=lost_transaction(self._lost_shop))
-        if self.tx is TxPlace.PINNED and not isinstance(decision, Hold):  # a key lookup may hold it
+        if isinstance(decision, CopyFirstRow):
+            if self._copies.admits(unit, decision):
+                return decision
+            decision = UNIFIED_PINNED
+        # a key lookup may hold the unit, a DEALLOCATE is answered where the transaction stays
+        if self.tx is TxPlace.PINNED and not isinstance(decision, Hold | AnswerLocal):
             pinned = self.facts.pinned_shop
             if isinstance(decision, ToTenant) and decision.shop_id == pinned:
+                if self._pinned_status == c.TX_FAILED and self._pinned is not None and lacks_statements(
+                    unit, self._pinned.prepared, self.facts.statements
+                ):  # its statements would be parsed in the failed transaction: its error, as directly
+                    return Refuse(pinned, "failed_transaction", error=IN_FAILED_TRANSACTION)
                 return decision if decision.primary else dataclasses.replace(decision, primary=True)
             if isinstance(decision, Refuse) and decision.shop_id == pinned:
                 return decision
@@ -297,13 +329,19 @@ class SessionMachine:
             case AnswerEnd():
                 self._move_tx(TxEvent.END_ANSWERED)
                 self.fx.to_client(local_reply(unit, decision.tag, c.TX_IDLE))
+            case AnswerLocal() if self.tx_status == c.TX_FAILED:
+                self._refuse(decision, IN_FAILED_TRANSACTION)  # the server's own 25P02, as directly
+            case AnswerLocal():
+                self.fx.to_client(local_reply(unit, decision.tag, self.tx_status))
             case Aside():
                 self._send_aside(unit, decision)
+            case CopyFirstRow():
+                self._copies.start(unit, decision)
             case _:
                 self._send_unified(unit, decision)
 
     def _backpressure(self) -> None:
-        crowded = len(self._queue) > MAX_QUEUED_UNITS
+        crowded = len(self._queue) > MAX_QUEUED_UNITS or self._copies.crowded
         if crowded and not self._client_paused:
             self._client_paused = True
             self.fx.pause_client()
@@ -320,7 +358,7 @@ class SessionMachine:
             self._answers.expect(ReplyFilter())
             self.fx.to_unified(Query(begin).build())
         self._write_unified(unit)
-        if unit.complete:
+        if unit.complete and not self._copies.absorbs(unit):
             self._owe(unit, decision)
 
     def _send_aside(self, unit: Unit, decision: Decision) -> None:
@@ -415,6 +453,8 @@ class SessionMachine:
                 self._answer_failed = True
                 if _FATAL[0] in frame.body or _FATAL[1] in frame.body:
                     self.server_said_fatal = True
+            elif mtype == c.COPY_IN_RESPONSE:
+                self._copies.started(self._pending[0][0] if self._pending else None)
             else:
                 self._parameter_status(frame.body)
         return answered
@@ -463,6 +503,8 @@ class SessionMachine:
             begin_sql=begin,
             continuing=pinned is not None,
             failed_tx=pinned is not None and self._pinned_status == c.TX_FAILED,
+            copy_in=self._copies.reply_for(unit),
+            sql_prepares=decision.sql_prepares,
         )
         if pinned is not None:
             work.status = self._pinned_status
@@ -493,6 +535,7 @@ class SessionMachine:
         self.fx.to_tenant(link, run.work.request(link))
         if not run.work.primary:
             self.fx.set_timer(self.router.tenant_timeout)
+        self._copies.connected(run.unit)
 
     def tenant_unavailable(self, error: str) -> None:
         """No connection could be had for the tenant unit (the pool gave up)."""
@@ -536,6 +579,7 @@ class SessionMachine:
         assert run is not None
         self._run = None
         self.fx.clear_timer()
+        self._copies.run_ended(run.unit)
         work = run.work
         if run.link is not None:
             self.fx.detach(run.link)
@@ -653,8 +697,9 @@ class SessionMachine:
                 logger.info("shop %s: a unit waited %.1f s for a cutover hold; refused",
                             held.decision.shop_id, held.decision.hold_s)
                 error = hold_timeout_error(held.decision.shop_id)
+            self._copies.refused(held.unit)
             self._refuse(held.decision, error)
-        else:
+        elif not self._copies.hold_ended(held.unit):
             self._queue.appendleft(held.unit)
         self._pump()
 

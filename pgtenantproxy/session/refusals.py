@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pgtenantproxy.protocol.errors import CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, error_response
+from pgtenantproxy.protocol.errors import (
+    CONNECTION_FAILURE,
+    FEATURE_NOT_SUPPORTED,
+    PROTOCOL_VIOLATION,
+    error_response,
+)
 from pgtenantproxy.session.decision import Refusal
 
 
@@ -54,3 +59,35 @@ def not_in_tenant_transaction(shop_id: int | None) -> bytes:
         f"shop {shop_id}'s database",
         severity="FATAL",
     )
+
+
+_COPY_HINT = ("Each shop's rows live on its own database: copy each shop's rows in a COPY of its own; "
+              "see docs/routing.md, \"COPY\".")
+
+
+def copy_row_refusal(table: str, row: int, *, shop_id: int | None, runs_on: int | None,
+                     problem: str | None = None, transaction: bool = False) -> Refusal:
+    """A COPY FROM STDIN row the proxy cannot let through: another shop's, or one with no shop."""
+    where = "transaction" if transaction else "COPY"
+    if problem is not None or shop_id is None:
+        what = f"row {row} {problem or 'has no shop'}"
+    else:
+        what = f"row {row} belongs to shop {shop_id}, but this {where} runs on shop {runs_on}'s database"
+    return Refusal(FEATURE_NOT_SUPPORTED, f"pgtenantproxy: COPY into {table}: {what}; nothing was copied",
+                   _COPY_HINT)
+
+
+def copy_interrupted(message_type: int) -> Refusal:
+    """What PostgreSQL says when a client sends another message in the middle of COPY data."""
+    return Refusal(
+        PROTOCOL_VIOLATION,
+        f"unexpected message type 0x{message_type:02X} during COPY from stdin",
+        "The client sent another message before the end of its COPY data.",
+    )
+
+
+#: Raised on a shop's database inside a failed transaction, which answers with its own 25P02 (as a
+#: statement parsed there directly would get).
+IN_FAILED_TRANSACTION = Refusal(
+    "25P02", "current transaction is aborted, commands ignored until end of transaction block", ""
+)

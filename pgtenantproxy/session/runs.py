@@ -4,6 +4,7 @@ extended-protocol stream is, and the proxy's own answer to a lazy BEGIN (sans-IO
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pgtenantproxy.protocol import constants as c
@@ -11,6 +12,7 @@ from pgtenantproxy.protocol.batch import Unit, UnitKind
 from pgtenantproxy.protocol.local_answers import command_complete, extended_reply
 from pgtenantproxy.session.contract import TenantLink
 from pgtenantproxy.session.decision import Hold, ToTenant
+from pgtenantproxy.session.statements import PreparedStatements
 from pgtenantproxy.session.tenant_unit import TenantUnit
 
 _DESCRIBE_ONLY = frozenset({c.PARSE, c.DESCRIBE, c.CLOSE, c.FLUSH})
@@ -61,3 +63,20 @@ def local_reply(unit: Unit, tag: str, status: int) -> bytes:
     if unit.kind is UnitKind.QUERY:
         return command_complete(tag, status)
     return extended_reply(unit, tag, status)
+
+
+def lacks_statements(unit: Unit, prepared: Mapping[str, str], statements: PreparedStatements) -> bool:
+    """Does ``unit`` bind or describe a statement the link has not prepared as the client did (so the
+    tenant unit would parse it first)?"""
+    parsed_here: set[str] = set()
+    for msg in unit.messages:
+        if msg.type == c.PARSE:
+            parsed_here.add(msg.name)
+            continue
+        name = msg.statement
+        if name is None or name in parsed_here:
+            continue
+        record = statements.get(name)
+        if record is not None and (name == "" or prepared.get(name) != record.sql):
+            return True
+    return False

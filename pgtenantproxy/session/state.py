@@ -6,7 +6,9 @@ Two independent machines, each a table ``(state, event) -> next state``:
   anyone), ``UNIFIED_BUSY`` (the unified server owes answers; more units may
   be pipelined to it, nothing else starts), ``TENANT_BORROWING`` (a tenant unit
   waits for its connection), ``TENANT_RUNNING`` (its request is out, its answer
-  comes), ``HELD`` (a unit waits for its shop's cutover hold), ``CLOSED``.
+  comes), ``HELD`` (a unit waits for its shop's cutover hold), ``COPY_WAITING``
+  (the proxy started a COPY FROM STDIN itself and waits for its first row, which
+  decides where it runs), ``CLOSED``.
 * :class:`TxPlace` (where the session's transaction lives): ``UNIFIED`` (or
   none), ``DEFERRED`` (a BEGIN the proxy answered and sent nowhere yet),
   ``PINNED`` (open on a tenant connection the session keeps), ``LOST`` (a
@@ -29,6 +31,7 @@ class State(enum.Enum):
     TENANT_BORROWING = "tenant_borrowing"
     TENANT_RUNNING = "tenant_running"
     HELD = "held"
+    COPY_WAITING = "copy_waiting"
     CLOSED = "closed"
 
 
@@ -40,6 +43,8 @@ class Event(enum.Enum):
     TENANT_END = "tenant_end"  # its answer is complete, or it failed before / during
     HOLD_START = "hold_start"
     HOLD_END = "hold_end"
+    COPY_START = "copy_start"  # the proxy answered a COPY FROM STDIN itself; its first row is awaited
+    COPY_PLACED = "copy_placed"  # the first row (or the data's end) came: the COPY goes where it runs
     CLOSE = "close"
 
 
@@ -64,7 +69,8 @@ class IllegalMove(Exception):
     """A move the tables do not allow: a bug in the machine."""
 
 
-_ANY_LIVE = (State.IDLE, State.UNIFIED_BUSY, State.TENANT_BORROWING, State.TENANT_RUNNING, State.HELD)
+_ANY_LIVE = (State.IDLE, State.UNIFIED_BUSY, State.TENANT_BORROWING, State.TENANT_RUNNING, State.HELD,
+             State.COPY_WAITING)
 
 TRANSITIONS: Mapping[tuple[State, Event], State] = {
     (State.IDLE, Event.SENT_UNIFIED): State.UNIFIED_BUSY,
@@ -76,6 +82,8 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = {
     (State.TENANT_BORROWING, Event.TENANT_END): State.IDLE,
     (State.TENANT_RUNNING, Event.TENANT_END): State.IDLE,
     (State.HELD, Event.HOLD_END): State.IDLE,
+    (State.IDLE, Event.COPY_START): State.COPY_WAITING,
+    (State.COPY_WAITING, Event.COPY_PLACED): State.IDLE,
     **{(s, Event.CLOSE): State.CLOSED for s in _ANY_LIVE},
     (State.CLOSED, Event.CLOSE): State.CLOSED,
 }

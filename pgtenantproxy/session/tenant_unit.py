@@ -15,6 +15,12 @@ borrowed connection needs first, then the unit as the client sent it.
    Sync of ours: its ReadyForQuery is skipped.
 3. The unit.
 
+A COPY FROM STDIN the proxy started itself (``copy_in``, :mod:`.copy_in`) has its
+answer edited first (:class:`~pgtenantproxy.protocol.copy_answers.CopyInReply`), and
+a simple Query's trailing Sync of ours is not in the request: a server in copy-in
+mode would ignore it, so the machine sends it after the COPY's data
+(:attr:`TenantUnit.sync_after_copy`).
+
 :meth:`TenantUnit.feed` takes the answer and returns what the client gets:
 everything the settings and the head caused is removed (their answers are
 counted: ParseComplete, BindComplete, CommandComplete, CloseComplete); the
@@ -37,6 +43,7 @@ import struct
 
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit, UnitKind
+from pgtenantproxy.protocol.copy_answers import CopyInReply
 from pgtenantproxy.protocol.errors import QUERY_CANCELED
 from pgtenantproxy.protocol.framing import FrameScanner
 from pgtenantproxy.protocol.messages import SYNC_MESSAGE, CloseOrDescribe, ErrorFields, Parse, Query, frame
@@ -63,6 +70,10 @@ class Outcome(enum.Enum):
     DONE = "done"
     FALLBACK = "fallback"
     FAILED = "failed"  # bytes already reached the client, then the tenant failed
+
+
+#: Key prefix, in a link's ``settings``, of the SQL-level prepared statements it holds (value: the PREPARE).
+SQL_PREPARED = "\x00prepared:"
 
 
 class Phase(enum.Enum):
@@ -95,6 +106,8 @@ class TenantUnit:
         begin_sql: str | None = None,
         continuing: bool = False,
         failed_tx: bool = False,
+        copy_in: CopyInReply | None = None,
+        sql_prepares: tuple[tuple[str, str, str], ...] = (),
     ) -> None:
         self.unit = unit
         self.statements = statements
@@ -103,6 +116,10 @@ class TenantUnit:
         self.begin_sql = begin_sql
         self.continuing = continuing
         self.failed_tx = failed_tx
+        self.copy_in = copy_in
+        self.sql_prepares = sql_prepares
+        #: Our Sync is owed after the COPY's data (see the module docstring).
+        self.sync_after_copy = False
         self.phase = Phase.BODY
         #: Answers of the head still to skip (ParseComplete, BindComplete, CommandComplete, CloseComplete).
         self._head_left = 0
@@ -142,7 +159,10 @@ class TenantUnit:
                 self.phase = Phase.HEAD
         out.append(self.unit.raw())
         if head and self.unit.kind is UnitKind.QUERY:
-            out.append(SYNC_MESSAGE)
+            if self.copy_in is None:
+                out.append(SYNC_MESSAGE)
+            else:
+                self.sync_after_copy = True
             self._trailer = True
         return b"".join(out)
 
@@ -158,6 +178,15 @@ class TenantUnit:
         if self.begin_sql is not None:
             out += [Parse("", self.begin_sql, ()).build(), _BIND_UNNAMED, _EXECUTE_UNNAMED]
             self._head_left += 3
+        for name, prepare, deallocate in self.sql_prepares:  # SQL-level statements EXECUTE needs
+            key = SQL_PREPARED + name
+            had = link.settings.get(key)
+            if had == prepare:
+                continue
+            for sql in ((deallocate, prepare) if had is not None else (prepare,)):
+                out += [Parse("", sql, ()).build(), _BIND_UNNAMED, _EXECUTE_UNNAMED]
+                self._head_left += 3
+            link.settings[key] = prepare
         if not self.failed_tx and self.unit.kind is UnitKind.EXTENDED:
             out += self._preparation(link)
         return b"".join(out)
@@ -241,6 +270,12 @@ class TenantUnit:
             link.settings.clear()
 
     def _body(self, data: bytes) -> bytes:
+        copy_in = self.copy_in
+        if copy_in is not None and not copy_in.done:
+            _, edited, rest = copy_in.feed(data)
+            data = edited + rest
+            if not data:
+                return b""
         if self._trailer:
             data = self._body_exact(data)
         else:

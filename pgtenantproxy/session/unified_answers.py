@@ -5,22 +5,39 @@ client already got, re-prepares, a Flush-split head it syncs itself), and a
 Parse/Describe-only unit whose ReadyForQuery must say "in a transaction":
 :meth:`UnifiedAnswers.expect` queues a
 :class:`~pgtenantproxy.protocol.local_answers.ReplyFilter` for each, in the
-order their answers will come. :meth:`UnifiedAnswers.feed` passes a chunk
+order their answers will come (or a :class:`~pgtenantproxy.protocol.copy_answers.CopyInReply`:
+the answer to a COPY the proxy started itself). :meth:`UnifiedAnswers.feed` passes a chunk
 through the pending filters and then finds the messages the machine keeps its
-books by (ReadyForQuery, ErrorResponse, ParameterStatus), skipping every other
-body by length.
+books by (ReadyForQuery, ErrorResponse, ParameterStatus, CopyInResponse), skipping every
+other body by length.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.framing import Frame, FrameScanner
-from pgtenantproxy.protocol.local_answers import ReplyFilter
 
-_WATCH = frozenset({c.READY_FOR_QUERY, c.ERROR_RESPONSE, c.PARAMETER_STATUS})
+_WATCH = frozenset({c.READY_FOR_QUERY, c.ERROR_RESPONSE, c.PARAMETER_STATUS, c.COPY_IN_RESPONSE})
+
+
+class AnswerEdit(Protocol):
+    """An edit of one answer up to its ReadyForQuery
+    (:class:`~pgtenantproxy.protocol.local_answers.ReplyFilter`,
+    :class:`~pgtenantproxy.protocol.copy_answers.CopyInReply`)."""
+
+    done: bool
+    #: The status of the answer's ReadyForQuery (once ``done``).
+    status: int
+
+    @property
+    def skipped(self) -> bool:
+        """The ReadyForQuery is removed from what the bookkeeping sees (a batch of the proxy's own)."""
+        ...
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes, bytes]: ...
 
 
 class Read(NamedTuple):
@@ -36,7 +53,7 @@ class UnifiedAnswers:
     __slots__ = ("_filters", "_scanner")
 
     def __init__(self) -> None:
-        self._filters: deque[ReplyFilter] = deque()
+        self._filters: deque[AnswerEdit] = deque()
         self._scanner = FrameScanner(_WATCH)
 
     @property
@@ -44,7 +61,7 @@ class UnifiedAnswers:
         """The stream so far ends at a message boundary (a message of the proxy's own may go out)."""
         return self._scanner.at_boundary
 
-    def expect(self, reply_filter: ReplyFilter) -> None:
+    def expect(self, reply_filter: AnswerEdit) -> None:
         """The next answer unified sends (after those already expected) is edited by ``reply_filter``."""
         self._filters.append(reply_filter)
 
@@ -69,7 +86,7 @@ class UnifiedAnswers:
             client.append(for_client)
             if head.done:
                 filters.popleft()
-                if head.rewrite_to is None:
+                if head.skipped:
                     status = head.status
         seen.append(data)
         client.append(data)

@@ -38,6 +38,12 @@ class UnifiedStatements:
         for msg in unit.messages:
             if msg.type == c.PARSE:
                 parsed_here.add(msg.name)
+                if msg.name and self._known.get(msg.name) is not None:
+                    # unified still has a statement the client dropped where unified did not see it
+                    # (a DEALLOCATE the proxy answered, a Close on a shop's database): closed first
+                    out.append(CloseOrDescribe("S", msg.name).build_close())
+                    if record:
+                        self._known.closed(msg.name)
                 continue
             name = msg.statement
             if name is None or name in parsed_here:

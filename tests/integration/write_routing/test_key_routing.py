@@ -143,3 +143,20 @@ def test_what_cannot_be_placed_is_refused_never_run_on_unified(
         # the session carries on; a key of a shop still on unified runs there
         r2 = _repair_of(write_bed, 2)
         assert conn.execute("UPDATE repairs SET notes = notes WHERE id = %s", (r2,)).rowcount == 1
+
+
+def test_lastval_answers_from_the_insert_s_connection_or_is_refused(
+    write_bed: WriteBed, keyed: ProxyThread
+) -> None:
+    with psycopg.connect(write_bed.proxy_dsn(keyed)) as conn:  # a transaction: one connection
+        conn.execute("INSERT INTO customers (shop_id, name) VALUES (1, 'kr-lastval')")
+        (last,) = conn.execute("SELECT lastval()").fetchone() or (None,)
+        conn.commit()
+        assert write_bed.on_tenant(1, "SELECT name FROM customers WHERE id = %s", last) == [("kr-lastval",)]
+    with psycopg.connect(write_bed.proxy_dsn(keyed), autocommit=True) as conn:
+        conn.execute("INSERT INTO customers (shop_id, name) VALUES (1, 'kr-lastval-2')")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as info:
+            conn.execute("SELECT lastval()")  # the INSERT's pooled connection is gone: never another's value
+        assert "RETURNING" in (info.value.diag.message_hint or "")
+        conn.execute("INSERT INTO shops (id, name, city) VALUES (999, 'kr', 'x') ON CONFLICT DO NOTHING")
+        conn.execute("SELECT 1")  # a statement on unified drew last: lastval() is unified's again

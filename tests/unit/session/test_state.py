@@ -6,7 +6,9 @@ import itertools
 
 import pytest
 
-from pgtenantproxy.session.decision import AnswerBegin, AnswerEnd, Hold, ToTenant
+from pgtenantproxy.protocol import constants as c
+from pgtenantproxy.protocol.messages import frame
+from pgtenantproxy.session.decision import AnswerBegin, AnswerEnd, CopyFirstRow, Hold, ToTenant
 from pgtenantproxy.session.state import (
     TRANSITIONS,
     TX_TRANSITIONS,
@@ -107,6 +109,16 @@ def _scenarios() -> list[Harness]:
     h = Harness({"orders": Hold(1, "held", held=lambda: False, hold_s=1.0)})
     h.client(q("UPDATE orders SET x = 1"))
     h.fire()
+    done.append(h)
+
+    # COPY FROM STDIN started by the proxy: IDLE -COPY_START-> COPY_WAITING -COPY_PLACED-> IDLE, or -CLOSE->
+    copy = CopyFirstRow(reason="copy_first_row", table="t")
+    h = Harness({"COPY t": copy})
+    h.client(q("COPY t FROM STDIN"), frame(c.COPY_DONE, b""))
+    done.append(h)
+    h = Harness({"COPY t": copy})
+    h.client(q("COPY t FROM STDIN"))
+    h.machine.dispose()
     done.append(h)
 
     # lazy BEGIN, END answered; BEGIN sent to unified

@@ -5,8 +5,21 @@ from __future__ import annotations
 import pytest
 
 from pgtenantproxy.protocol.local_answers import refusal_sql
-from pgtenantproxy.session.decision import AnswerBegin, AnswerEnd, Refusal, Refuse, ToTenant, ToUnified
-from pgtenantproxy.session.refusals import lost_transaction, pinned_refusal, primary_unavailable
+from pgtenantproxy.session.decision import (
+    AnswerBegin,
+    AnswerEnd,
+    AnswerLocal,
+    Refusal,
+    Refuse,
+    ToTenant,
+    ToUnified,
+)
+from pgtenantproxy.session.refusals import (
+    IN_FAILED_TRANSACTION,
+    lost_transaction,
+    pinned_refusal,
+    primary_unavailable,
+)
 from pgtenantproxy.session.state import State, TxPlace
 
 from .harness import FakeLink, Harness, splits
@@ -230,7 +243,7 @@ def test_a_router_refusal_for_the_pinned_shop_is_run_there() -> None:
     assert h.fx.tenant_writes() == [q(refusal_sql(*refusal))]
 
 
-def test_in_a_failed_pinned_transaction_nothing_is_reprepared() -> None:
+def test_in_a_failed_pinned_transaction_a_statement_the_link_lacks_gets_the_transactions_error() -> None:
     h, _link = _pinned()
     h.client(parse("s1", "SELECT * FROM orders") + SYNC)  # parsed on unified (the router says so)
     h.router.rules.pop("orders")
@@ -239,7 +252,30 @@ def test_in_a_failed_pinned_transaction_nothing_is_reprepared() -> None:
     assert h.machine.tx_status == ord("E")
     h.router.rules["orders"] = PRIMARY
     h.client(run_prepared("s1"))
-    assert h.fx.tenant_writes() == [run_prepared("s1")]  # a re-Parse would fail with 25P02 anyway
+    # directly, s1 would have been parsed in this transaction and failed with 25P02: a Bind of a statement
+    # the link lacks would say 26000 instead, so the server is asked for its 25P02
+    assert h.fx.tenant_writes() == [q(refusal_sql(*IN_FAILED_TRANSACTION))]
+    h.tenant(error("25P02"), rfq("E"))
+    assert sqlstate_of(h.client_bytes()) == "25P02"
+
+
+def test_in_a_failed_pinned_transaction_a_statement_the_link_has_runs_there() -> None:
+    h, link = _pinned()
+    h.client(parse("s1", "SELECT * FROM orders") + SYNC)
+    h.tenant(PARSE_COMPLETE, rfq("T"))
+    assert link.prepared == {"s1": "SELECT * FROM orders"}
+    h.client(q("SELECT 1/0"))
+    h.tenant(error("22012"), rfq("E"))
+    h.take()
+    h.client(run_prepared("s1"))
+    assert h.fx.tenant_writes() == [run_prepared("s1")]  # the server answers 25P02 itself
+
+
+def test_deallocate_in_a_pinned_transaction_is_answered_by_the_proxy() -> None:
+    h, _link = _pinned(**{"DEALLOCATE": AnswerLocal(1, "deallocate", tag="DEALLOCATE ALL")})
+    h.client(q("DEALLOCATE ALL"))
+    assert h.take() == [("client", cc("DEALLOCATE ALL") + rfq("T"))]
+    assert h.tx is TxPlace.PINNED
 
 
 def test_a_pinned_link_that_died_meanwhile_is_refused_in_a_transaction_on_unified() -> None:

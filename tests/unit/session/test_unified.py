@@ -210,6 +210,22 @@ def test_a_statement_unified_lacks_is_prepared_first_and_the_answer_removed() ->
     assert h.take() == [("unified", run_prepared("s1", (b"3",)))]
 
 
+def test_a_name_parsed_again_after_a_deallocate_unified_did_not_see_is_closed_there_first() -> None:
+    h = Harness()
+    h.client(extended(SQL, "s1", (b"1",)))
+    h.unified(extended_rows(b"x"))
+    h.take()
+    # the client dropped s1 where unified did not see it (a DEALLOCATE the proxy answered itself)
+    h.facts.statements.closed("s1")
+    h.client(extended(SQL, "s1", (b"2",)))
+    assert h.take() == [("unified", close("S", "s1") + SYNC), ("unified", extended(SQL, "s1", (b"2",)))]
+    h.unified(CLOSE_COMPLETE, rfq(), extended_rows(b"y"))
+    assert h.client_bytes() == extended_rows(b"y")
+    h.take()
+    h.client(extended(SQL, "s2", (b"3",)))  # an ordinary new name: nothing first
+    assert h.take() == [("unified", extended(SQL, "s2", (b"3",)))]
+
+
 def test_reprepare_answer_split_at_every_offset() -> None:
     answer = extended_rows(b"y", parsed=False)
     stream = CLOSE_COMPLETE + PARSE_COMPLETE + notice() + rfq() + answer
