@@ -46,7 +46,7 @@ from pgtenantproxy.protocol.batch import Unit
 from pgtenantproxy.protocol.messages import Parse, Query
 from pgtenantproxy.routing import BatchItem, Claim, RoutedUnit, Router, SessionShop, startup_claim
 from pgtenantproxy.routing.keys import AnyOwner, names_no_shop
-from pgtenantproxy.routing.primary import touch
+from pgtenantproxy.routing.primary import Touch, touch
 from pgtenantproxy.routing.readiness import TxTrace, UnitNote
 from pgtenantproxy.routing.sql_prepared import is_prepare
 from pgtenantproxy.session.decision import Aside, Decision, Hold, Refusal, Refuse, ToTenant, ToUnified
@@ -208,7 +208,8 @@ class Dispatcher:
                                      held=self._held, hold_s=self.hold_timeout)
             if special is not None:
                 return special
-            if lanes.watched and (view.touch.shops or view.touch.global_tables or view.touch.unknown):
+            noted = view.touch.shops or view.touch.global_tables or view.touch.unknown
+            if lanes.watched and noted and not _placeable_copy(routed, view.touch):
                 unknown = view.touch.unknown and not is_prepare(items[0].sql) and names_no_shop(
                     routed.pairs(items), routed.identifications, snapshot.tenant_tables,
                     AnyOwner(lambda t: _key_column(snapshot, t), snapshot.keys.may_be_consistent))
@@ -442,6 +443,20 @@ def _sequences(state: SessionRouting, decision: Decision, facts: SessionFacts) -
         NOT_ATOMIC, f"pgtenantproxy: lastval()/currval() after an INSERT that ran on shop {shop}'s database "
                     "outside a transaction: that connection went back to the pool",
         "Use INSERT ... RETURNING, or run the INSERT and lastval() in one transaction."))
+
+
+def _placeable_copy(routed: RoutedUnit, touched: Touch) -> bool:
+    """COPYs the proxy places by their rows (FROM STDIN, the tenant column's position known) or by
+    their query (one shop's rows TO STDOUT): nothing for the readiness recorder."""
+    copies = [s.copy for s in routed.statements]
+    for copy in copies:
+        if copy is None or not copy.stdio or copy.other:
+            return False
+        if copy.is_from and copy.columns is not None and copy.tenant_index is None:
+            return False
+        if not copy.is_from and (copy.table is not None or touched.global_tables or len(touched.shops) > 1):
+            return False
+    return bool(copies)
 
 
 def _key_column(snapshot: CatalogSnapshot, table: str) -> str | None:

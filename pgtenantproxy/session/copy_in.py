@@ -3,7 +3,7 @@
 Once a shop's rows live on its own database, ``COPY customers (shop_id, name) FROM
 STDIN`` must run there, and only the rows say which shop it is. The router answers
 :class:`~pgtenantproxy.session.decision.CopyFirstRow` (where the tenant column is,
-the data format); the machine (:mod:`.machine`) then:
+the data format); the machine (its part for COPY is :mod:`.copy_flow`) then:
 
 1. **starts the COPY itself**: the client gets the proxy's CopyInResponse
    (:func:`~pgtenantproxy.protocol.copy_answers.copy_in_reply`), sends its data, and
