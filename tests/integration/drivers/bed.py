@@ -27,7 +27,6 @@ a command line.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import subprocess
@@ -52,6 +51,7 @@ from pgtenantproxy.walkthrough.cluster import (
     start_clusters,
 )
 from tests.fixtures.app import AppThread
+from tests.fixtures.tenancy import toml_value
 
 SHOPS = tuple(range(1, 9))
 CUSTOMERS_PER_SHOP = 10
@@ -92,16 +92,6 @@ class Target:
         env.update(PGHOST=self.host, PGPORT=str(self.port), PGDATABASE=self.dbname, PGUSER=self.user,
                    PGPASSWORD=self.password, PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
         return env
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value))
 
 
 @dataclass
@@ -145,7 +135,7 @@ class DriverBed:
         for name, table in self.config_data().items():
             for entry in table if isinstance(table, list) else [table]:
                 lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
-                lines += [f"{k} = {_toml(v)}" for k, v in entry.items()]
+                lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
                 lines.append("")
         self.config_path.write_text("\n".join(lines))
         return self.config_path

@@ -16,7 +16,6 @@ variables (see :data:`ENV`), which the configs built here name.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import subprocess
@@ -33,6 +32,7 @@ from pgtenantproxy.embedded import PgCluster, create_cluster
 from pgtenantproxy.lifecycle.phases import MIRRORING
 from pgtenantproxy.lifecycle.store import force_phase
 from pgtenantproxy.tenancy.service import TenancyService
+from tests.fixtures.tenancy import toml_value
 
 HERE = Path(__file__).parent
 DATABASE = "shopdb"
@@ -55,16 +55,6 @@ ENV = {
 #: Short retry delays so dead-lettering takes about a second in tests.
 FAST_RETRIES = {"retry_attempts": 3, "retry_backoff_ms": [100, 200, 400], "poll_interval_ms": 50,
                 "status_interval_ms": 50}
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value))
 
 
 @dataclass
@@ -102,7 +92,7 @@ class MirrorBed:
         for name, table in self.config_data(**sections).items():
             for entry in table if isinstance(table, list) else [table]:
                 lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
-                lines += [f"{k} = {_toml(v)}" for k, v in entry.items()]
+                lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
         path.write_text("\n".join(lines) + "\n")
         return path
 

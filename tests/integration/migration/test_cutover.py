@@ -109,12 +109,16 @@ async def test_readiness_conflicts_refuse_the_cutover_unless_forced(
         "INSERT INTO pgtenantproxy.cutover_conflicts (shop_id, kind, fingerprint, sample, count)"
         " VALUES (2, 'global', 'fp-test', 'UPDATE plans SET name = $1; UPDATE branches ...', 3)")
     refused = (await cutover_shops(tenancy, [2])).shops[0]
-    assert refused.status == REFUSED and "global tables or other shops" in (refused.detail or "")
+    assert refused.status == REFUSED and "could not be placed on the shop's database" in (refused.detail or "")
     assert refused.extra["readiness"]["conflicts"][0]["fingerprint"] == "fp-test"
     assert await phase_of(tenancy, 2) == ph.READS_ON_TENANT
     forced = (await cutover_shops(tenancy, [2], force=True)).shops[0]
     assert forced.status == DONE, forced.as_dict()
     assert await phase_of(tenancy, 2) == ph.TENANT_PRIMARY
+    recorded = await tenancy.pool.fetchval(
+        "SELECT detail FROM pgtenantproxy.migration_log WHERE shop_id = 2 AND action = 'cutover'"
+        " AND status = 'forced'")
+    assert recorded is not None and "global" in recorded  # --force is in the audit log, with the kinds
 
 
 async def test_a_long_transaction_times_the_fence_out_and_nothing_is_lost(
