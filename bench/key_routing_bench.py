@@ -936,9 +936,8 @@ def report(args: argparse.Namespace, env: dict[str, Any], p1: dict[str, Any] | N
                   f"| {_cell(s['counter_hit_rate'], '.1%')} "
                   f"| {_cell(s['first_look_hit_rate'], '.1%')} |")
         print("\ncache hit rate (counters): Δhit / (Δhit + Δmiss) of pgtenantproxy_key_routing_total, as a "
-              "dashboard would compute it; a missed key is answered from the cache once more when its held "
-              "unit is decided again after the lookup, so each miss also counts a hit. Hit rate per "
-              "statement: 1 - Δmiss / transactions (one key per transaction).\n")
+              "dashboard would compute it (the decision that gets a lookup's answer counts neither a hit "
+              "nor a miss). Hit rate per statement: 1 - Δmiss / transactions (one key per transaction).\n")
         print("| workload | Δ cache_hit | Δ miss | Δ id_block | Δ nowhere | Δ failed | Δ lookups "
               "| cache entries after | routing decisions (target, reason: count) |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---|")

@@ -64,7 +64,7 @@ from pgtenantproxy.config import parse_config
 from pgtenantproxy.embedded import PgCluster, create_cluster, free_port
 from pgtenantproxy.tenancy.service import TenancyService
 from tests.fixtures.shopdata import copy_shops
-from tests.fixtures.tenancy import _toml_value
+from tests.fixtures.tenancy import toml_value
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATABASE = "bench_shops"
@@ -160,7 +160,7 @@ def to_toml(data: dict[str, Any]) -> str:
     for name, table in data.items():
         for entry in table if isinstance(table, list) else [table]:
             lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
             lines.append("")
     return "\n".join(lines)
 
