@@ -170,7 +170,7 @@ class Dispatcher:
                 return Aside(reason="empty")
             return ToUnified(reason="unknown_statement" if items is None else "empty")
         if facts.deferred_begin is not None:  # the lazy BEGIN is part of this unit now
-            items = [BatchItem(facts.deferred_begin), *items]
+            items = [BatchItem(facts.deferred_begin), *items]  # (statements replayed after it need no shop)
         items, prepares = state.sql.substitute(items)  # EXECUTE routed as the query it runs
         decision = self._route(unit, facts, state, items)
         if prepares and isinstance(decision, ToTenant):

@@ -50,6 +50,7 @@ from pgtenantproxy.routing.sql_prepared import is_prepare
 from pgtenantproxy.routing.tables import is_tenant_table
 from pgtenantproxy.session.decision import (
     AnswerBegin,
+    AnswerDeferred,
     AnswerEnd,
     AnswerLocal,
     Decision,
@@ -62,6 +63,7 @@ from pgtenantproxy.session.facts import SessionFacts
 
 NOT_ATOMIC = "0A000"
 _START = re.compile(r"\s*start\b", re.IGNORECASE)
+_SET_IN_TRANSACTION = re.compile(r"\s*set\s+(local|transaction|constraints)\b", re.IGNORECASE)
 _DEALLOCATE = re.compile(r"\s*deallocate\b(?:\s+prepare)?(\s+all\b)?", re.IGNORECASE)
 
 
@@ -199,7 +201,8 @@ _UNPLACED_HINT = ("Name the shop (WHERE shop_id = ..., SET pgtenantproxy.shop_id
 
 
 def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision | None:
-    """Lazy BEGIN, and COMMIT/ROLLBACK right after it: answered by the proxy."""
+    """Lazy BEGIN, what needs no shop after it (SET LOCAL, SET TRANSACTION, SAVEPOINT: replayed after
+    the BEGIN where the transaction then runs), and a COMMIT/ROLLBACK of it: answered by the proxy."""
     statements = view.routed.statements
     if facts.deferred_begin is None:
         # Also while shops are only cutover candidates (mirrored phases): a transaction that starts just
@@ -211,12 +214,30 @@ def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision
         sql = view.items[0].sql
         tag = "START TRANSACTION" if _START.match(sql) else "BEGIN"
         return AnswerBegin(reason="deferred_begin", tag=tag, begin_sql=sql)
-    if len(statements) == 2 and _op(statements[1]) in ("commit", "rollback") and _one_statement_unit(view):
-        tx = statements[1].tx
+    if len(statements) != 2 or not _one_statement_unit(view):  # the lazy BEGIN, then the unit's one
+        return None
+    last = statements[-1]
+    if _op(last) in ("commit", "rollback"):
+        tx = last.tx
         assert tx is not None
         if not tx.chain:
             return AnswerEnd(reason="deferred_end", tag="COMMIT" if tx.op == "commit" else "ROLLBACK")
-    return None
+        return None
+    sql = view.items[-1].sql
+    replayed = _replayable(last, sql)
+    return None if replayed is None else AnswerDeferred(reason="deferred_statement", tag=replayed, sql=sql)
+
+
+def _replayable(stmt: StatementAnalysis, sql: str) -> str | None:
+    """The command tag of a statement a deferred transaction can replay wherever it then runs."""
+    if _op(stmt) == "savepoint":
+        return "SAVEPOINT"
+    if stmt.kind != "set" or stmt.set_shop is not None or stmt.setting == "search_path":
+        return None
+    m = _SET_IN_TRANSACTION.match(sql)
+    if m is None:
+        return None
+    return "SET CONSTRAINTS" if m.group(1).lower() == "constraints" else "SET"
 
 
 def _answered_locally(view: UnitView, facts: SessionFacts) -> Decision | None:

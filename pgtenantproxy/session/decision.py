@@ -123,6 +123,16 @@ class AnswerEnd(Decision):
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerDeferred(Decision):
+    """A statement of a deferred transaction that needs no shop (``SET LOCAL``, ``SAVEPOINT``...): the
+    proxy answers it and replays it after the lazy BEGIN wherever the transaction then runs."""
+
+    tag: str = "SET"
+    sql: str = ""
+    target: ClassVar[Target] = Target.LOCAL
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerLocal(Decision):
     """A statement the proxy answers itself, the transaction staying where it is: ``DEALLOCATE``
     inside a transaction on a shop's database (the client's registry forgets the statements; the

@@ -40,6 +40,8 @@ class SessionFacts:
     pinned_shop: int | None = None
     #: The SQL of a BEGIN the proxy answered itself and has not sent anywhere yet (lazy BEGIN).
     deferred_begin: str | None = None
+    #: Statements after that BEGIN the proxy answered too (SET LOCAL, SAVEPOINT...), replayed after it.
+    deferred_replay: tuple[str, ...] = ()
     #: Set only while the machine asks where a COPY FROM STDIN it started runs (a
     #: :class:`~pgtenantproxy.session.decision.CopyFirstRow`): what its first row says.
     copy_first_row: FirstRow | None = None

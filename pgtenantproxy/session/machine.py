@@ -52,6 +52,7 @@ from pgtenantproxy.session.copy_flow import CopyFlow
 from pgtenantproxy.session.decision import (
     UNIFIED_PINNED,
     AnswerBegin,
+    AnswerDeferred,
     AnswerEnd,
     AnswerLocal,
     Aside,
@@ -329,6 +330,9 @@ class SessionMachine:
             case AnswerEnd():
                 self._move_tx(TxEvent.END_ANSWERED)
                 self.fx.to_client(local_reply(unit, decision.tag, c.TX_IDLE))
+            case AnswerDeferred():
+                self.facts.deferred_replay += (decision.sql,)
+                self.fx.to_client(local_reply(unit, decision.tag, c.TX_IN_BLOCK))
             case AnswerLocal() if self.tx_status == c.TX_FAILED:
                 self._refuse(decision, IN_FAILED_TRANSACTION)  # the server's own 25P02, as directly
             case AnswerLocal():
@@ -353,10 +357,11 @@ class SessionMachine:
     def _send_unified(self, unit: Unit, decision: Decision) -> None:
         self._prepare_unified(unit)
         begin = self.facts.deferred_begin
-        if begin is not None:  # the client got its answer already: skip the server's
+        if begin is not None:  # the client got its answers already: skip the server's
+            replay = self.facts.deferred_replay
             self._move_tx(TxEvent.BEGIN_SENT)
             self._answers.expect(ReplyFilter())
-            self.fx.to_unified(Query(begin).build())
+            self.fx.to_unified(Query("; ".join((begin, *replay))).build())
         self._write_unified(unit)
         if unit.complete and not self._copies.absorbs(unit):
             self._owe(unit, decision)
@@ -493,6 +498,7 @@ class SessionMachine:
         assert shop is not None
         pinned = self._pinned if self.tx is TxPlace.PINNED and self.facts.pinned_shop == shop else None
         begin = self.facts.deferred_begin if decision.primary and pinned is None else None
+        replay = self.facts.deferred_replay if begin is not None else ()
         if begin is not None:
             self._move_tx(TxEvent.BEGIN_SENT)
         work = TenantUnit(
@@ -501,6 +507,7 @@ class SessionMachine:
             self.facts.shared_settings(),
             primary=decision.primary,
             begin_sql=begin,
+            replay=replay,
             continuing=pinned is not None,
             failed_tx=pinned is not None and self._pinned_status == c.TX_FAILED,
             copy_in=self._copies.reply_for(unit),
@@ -717,6 +724,8 @@ class SessionMachine:
         facts = self.facts
         facts.pinned_shop = shop if place is TxPlace.PINNED else None
         facts.deferred_begin = begin if place is TxPlace.DEFERRED else None
+        if place is not TxPlace.DEFERRED or event is TxEvent.BEGIN_ANSWERED:
+            facts.deferred_replay = ()
         if place is TxPlace.LOST:
             self._lost_shop = shop
         if place is not TxPlace.PINNED:

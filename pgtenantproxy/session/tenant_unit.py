@@ -104,6 +104,7 @@ class TenantUnit:
         *,
         primary: bool = False,
         begin_sql: str | None = None,
+        replay: tuple[str, ...] = (),
         continuing: bool = False,
         failed_tx: bool = False,
         copy_in: CopyInReply | None = None,
@@ -114,6 +115,7 @@ class TenantUnit:
         self.settings = settings
         self.primary = primary
         self.begin_sql = begin_sql
+        self.replay = replay
         self.continuing = continuing
         self.failed_tx = failed_tx
         self.copy_in = copy_in
@@ -176,8 +178,9 @@ class TenantUnit:
     def _head(self, link: TenantLink) -> bytes:
         out: list[bytes] = []
         if self.begin_sql is not None:
-            out += [Parse("", self.begin_sql, ()).build(), _BIND_UNNAMED, _EXECUTE_UNNAMED]
-            self._head_left += 3
+            for sql in (self.begin_sql, *self.replay):  # the lazy BEGIN, and what the proxy answered after it
+                out += [Parse("", sql, ()).build(), _BIND_UNNAMED, _EXECUTE_UNNAMED]
+                self._head_left += 3
         for name, prepare, deallocate in self.sql_prepares:  # SQL-level statements EXECUTE needs
             key = SQL_PREPARED + name
             had = link.settings.get(key)

@@ -160,3 +160,18 @@ def test_lastval_answers_from_the_insert_s_connection_or_is_refused(
         assert "RETURNING" in (info.value.diag.message_hint or "")
         conn.execute("INSERT INTO shops (id, name, city) VALUES (999, 'kr', 'x') ON CONFLICT DO NOTHING")
         conn.execute("SELECT 1")  # a statement on unified drew last: lastval() is unified's again
+
+
+def test_set_local_and_savepoint_before_the_first_shop_statement_are_replayed_there(
+    write_bed: WriteBed, keyed: ProxyThread
+) -> None:
+    with psycopg.connect(write_bed.proxy_dsn(keyed)) as conn:  # psycopg sends BEGIN first
+        conn.execute("SET LOCAL statement_timeout = '5s'")
+        conn.execute("SAVEPOINT a")
+        conn.execute("INSERT INTO customers (shop_id, name) VALUES (1, 'kr-replay-1')")
+        conn.execute("ROLLBACK TO SAVEPOINT a")  # the savepoint exists on shop 1's database: replayed there
+        conn.execute("INSERT INTO customers (shop_id, name) VALUES (1, 'kr-replay-2')")
+        conn.commit()
+    assert write_bed.on_tenant(1, "SELECT name FROM customers WHERE name LIKE 'kr-replay-%%'") == [
+        ("kr-replay-2",)]
+    assert write_bed.on_unified("SELECT name FROM customers WHERE name LIKE 'kr-replay-%%'") == []

@@ -7,6 +7,7 @@ import pytest
 from pgtenantproxy.protocol.local_answers import refusal_sql
 from pgtenantproxy.session.decision import (
     AnswerBegin,
+    AnswerDeferred,
     AnswerEnd,
     AnswerLocal,
     Refusal,
@@ -91,6 +92,34 @@ def test_commit_right_after_a_lazy_begin_is_answered_locally_too() -> None:
     assert h.tx is TxPlace.UNIFIED and h.facts.deferred_begin is None
     assert h.machine.tx_status == ord("I") and h.machine.idle
     assert h.unified_bytes() == b"" and h.fx.of("borrow") == []
+
+
+SET_LOCAL = "SET LOCAL statement_timeout = '5s'"
+
+
+def test_set_local_and_savepoint_after_a_lazy_begin_are_answered_and_replayed_on_the_tenant() -> None:
+    h, link = _world(**{"SET LOCAL": AnswerDeferred(tag="SET", sql=SET_LOCAL),
+                        "SAVEPOINT": AnswerDeferred(tag="SAVEPOINT", sql="SAVEPOINT a")})
+    h.client(q("BEGIN"), q(SET_LOCAL), q("SAVEPOINT a"))
+    assert h.take() == [("client", cc("BEGIN") + rfq("T")), ("client", cc("SET") + rfq("T")),
+                        ("client", cc("SAVEPOINT") + rfq("T"))]
+    assert h.tx is TxPlace.DEFERRED and h.facts.deferred_replay == (SET_LOCAL, "SAVEPOINT a")
+    h.client(q(INSERT))  # the first statement that names a shop: the transaction begins there
+    replayed = parse("", SET_LOCAL) + bind() + execute() + parse("", "SAVEPOINT a") + bind() + execute()
+    assert h.fx.tenant_writes() == [BEGIN_HEAD + replayed + q(INSERT) + SYNC]
+    h.tenant(BEGIN_HEAD_ANSWER, PARSE_COMPLETE, BIND_COMPLETE, cc("SET"), PARSE_COMPLETE, BIND_COMPLETE,
+             cc("SAVEPOINT"), cc("INSERT 0 1"), rfq("T"), rfq("T"))
+    assert h.client_bytes() == cc("INSERT 0 1") + rfq("T")
+    assert h.tx is TxPlace.PINNED and h.facts.deferred_replay == ()
+    assert link.usable
+
+
+def test_replayed_statements_go_to_unified_after_the_begin_when_the_transaction_runs_there() -> None:
+    h, _ = _world(**{"SET LOCAL": AnswerDeferred(tag="SET", sql=SET_LOCAL), "shops": ToUnified(reason="x")})
+    h.client(q("BEGIN"), q(SET_LOCAL))
+    h.take()
+    h.client(q("SELECT * FROM shops"))
+    assert h.unified_bytes() == q("BEGIN; " + SET_LOCAL) + q("SELECT * FROM shops")
 
 
 def test_lazy_begin_waits_for_unified_to_owe_nothing() -> None:
