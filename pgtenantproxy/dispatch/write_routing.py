@@ -49,10 +49,12 @@ from pgtenantproxy.routing.primary import Touch
 from pgtenantproxy.routing.sql_prepared import is_prepare
 from pgtenantproxy.routing.tables import is_tenant_table
 from pgtenantproxy.session.decision import (
+    DEFERRED_READ,
     AnswerBegin,
     AnswerDeferred,
     AnswerEnd,
     AnswerLocal,
+    Aside,
     Decision,
     Hold,
     Refusal,
@@ -63,6 +65,7 @@ from pgtenantproxy.session.facts import SessionFacts
 
 NOT_ATOMIC = "0A000"
 _START = re.compile(r"\s*start\b", re.IGNORECASE)
+_STRICT = re.compile(r"repeatable\s+read|serializable|snapshot", re.IGNORECASE)
 _SET_IN_TRANSACTION = re.compile(r"\s*set\s+(local|transaction|constraints)\b", re.IGNORECASE)
 _DEALLOCATE = re.compile(r"\s*deallocate\b(?:\s+prepare)?(\s+all\b)?", re.IGNORECASE)
 
@@ -214,6 +217,8 @@ def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision
         sql = view.items[0].sql
         tag = "START TRANSACTION" if _START.match(sql) else "BEGIN"
         return AnswerBegin(reason="deferred_begin", tag=tag, begin_sql=sql)
+    if _deferred_read(view, facts):
+        return Aside(reason=DEFERRED_READ, kind=view.label[0], table=view.label[1])
     if len(statements) != 2 or not _one_statement_unit(view):  # the lazy BEGIN, then the unit's one
         return None
     last = statements[-1]
@@ -226,6 +231,19 @@ def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision
     sql = view.items[-1].sql
     replayed = _replayable(last, sql)
     return None if replayed is None else AnswerDeferred(reason="deferred_statement", tag=replayed, sql=sql)
+
+
+def _deferred_read(view: UnitView, facts: SessionFacts) -> bool:
+    """A plain read of global tables (or of no table) while the transaction waits for its first shop:
+    run aside on unified (its own snapshot: the same rows a READ COMMITTED transaction would see), the
+    transaction still deferred. Not at REPEATABLE READ or SERIALIZABLE (one snapshot for the
+    transaction), nor for anything that locks, writes or calls outside the read allow-list."""
+    statements = view.routed.statements[1:]  # after the lazy BEGIN
+    if not statements or view.unit.pinned or not view.unit.complete or view.touch.shops or view.touch.unknown:
+        return False
+    if not all(s.read_only for s in statements):
+        return False
+    return not any(_STRICT.search(sql) for sql in (facts.deferred_begin or "", *facts.deferred_replay))
 
 
 def _replayable(stmt: StatementAnalysis, sql: str) -> str | None:

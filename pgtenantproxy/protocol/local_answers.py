@@ -134,9 +134,14 @@ class ReplyFilter:
     ReadyForQuery, once :attr:`done`) is not this filter's business.
     """
 
-    def __init__(self, rewrite_to: int | None = None, *, quiet: bool = False) -> None:
+    def __init__(
+        self, rewrite_to: int | None = None, *, quiet: bool = False, failed_to: int | None = None
+    ) -> None:
         self.rewrite_to = rewrite_to
         self.quiet = quiet
+        #: The status the client's ReadyForQuery says instead when the answer held an ErrorResponse.
+        self.failed_to = failed_to
+        self.errored = False
         self._buf = b""
         self.done = False
         #: The status of the ReadyForQuery the server sent.
@@ -163,8 +168,12 @@ class ReplyFilter:
                 self.status = message[5] if len(message) > 5 else c.TX_IDLE
                 if self.rewrite_to is not None:
                     seen.append(message)
-                    client.append(ReadyForQuery(self.rewrite_to).build())
+                    status = self.rewrite_to
+                    if self.errored and self.failed_to is not None:
+                        status = self.failed_to
+                    client.append(ReadyForQuery(status).build())
                 return b"".join(seen), b"".join(client), buf[pos:]
+            self.errored = self.errored or mtype == c.ERROR_RESPONSE
             dropped = mtype == COMMAND_COMPLETE or (self.quiet and mtype not in _ASYNC)
             if self.rewrite_to is None and dropped:
                 continue

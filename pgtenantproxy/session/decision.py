@@ -163,5 +163,9 @@ class CopyFirstRow(Decision):
     target: ClassVar[Target] = Target.COPY
 
 
+#: The reason of an :class:`Aside` that runs a read of global tables (or of nothing) for a deferred
+#: transaction: its error fails the transaction, as directly.
+DEFERRED_READ = "deferred_read"
+
 #: Units the session must keep on unified (after a Flush, COPY, a FunctionCall...).
 UNIFIED_PINNED = ToUnified(reason="pinned")

@@ -44,12 +44,13 @@ from collections.abc import Callable
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import BatchAssembler, Unit, UnitKind
 from pgtenantproxy.protocol.errors import ProtocolViolation, ProxyError
-from pgtenantproxy.protocol.local_answers import ReplyFilter, refusal_unit
+from pgtenantproxy.protocol.local_answers import ReplyFilter, refusal_sql, refusal_unit
 from pgtenantproxy.protocol.messages import SYNC_MESSAGE, ParameterStatus, Query, ReadyForQuery
 from pgtenantproxy.protocol.records import ClientReader
 from pgtenantproxy.session.contract import Effects, TenantLink, UnitRouter
 from pgtenantproxy.session.copy_flow import CopyFlow
 from pgtenantproxy.session.decision import (
+    DEFERRED_READ,
     UNIFIED_PINNED,
     AnswerBegin,
     AnswerDeferred,
@@ -248,6 +249,8 @@ class SessionMachine:
                     break
                 queue.popleft()
                 self._act(unit, decision)
+                if self._await_drain and self.owed:
+                    break  # a read run aside for a deferred transaction: its answer decides what follows
                 continue
             queue.popleft()
             self.router.acted(decision)
@@ -370,10 +373,24 @@ class SessionMachine:
         """Parse/Describe only, outside the deferred transaction: unified answers, the client's
         ReadyForQuery keeps saying it is in a transaction."""
         self._prepare_unified(unit)
-        self._answers.expect(ReplyFilter(rewrite_to=c.TX_IN_BLOCK))
+        deferred_read = decision.reason == DEFERRED_READ
+        self._answers.expect(ReplyFilter(rewrite_to=c.TX_IN_BLOCK,
+                                         failed_to=c.TX_FAILED if deferred_read else None))
         self._write_unified(unit)
         self._owe(unit, ToUnified(decision.shop_id, decision.reason, decision.source, decision.kind,
                                   decision.table))
+        self._await_drain = self._await_drain or deferred_read
+
+    def _fail_deferred(self) -> None:
+        """A read run aside for the deferred transaction failed: the client was told its transaction
+        failed ('E'), so the transaction is begun on unified and failed there, quietly: what follows
+        gets the server's own 25P02, and its ROLLBACK ends it, as directly."""
+        sql = "; ".join((self.facts.deferred_begin or "BEGIN", *self.facts.deferred_replay,
+                         refusal_sql(*IN_FAILED_TRANSACTION)))
+        self._move_tx(TxEvent.BEGIN_SENT)
+        self._answers.expect(ReplyFilter(quiet=True))
+        self.fx.to_unified(Query(sql).build())
+        self.facts.tx_status = c.TX_FAILED
 
     def _owe(self, unit: Unit, decision: Decision) -> None:
         self.owed += 1
@@ -486,6 +503,8 @@ class SessionMachine:
         if not self._pending:
             return
         unit, decision, started = self._pending.popleft()
+        if self._answer_failed and decision.reason == DEFERRED_READ and self.tx is TxPlace.DEFERRED:
+            self._fail_deferred()
         if self._answer_failed:
             outcome = "error"
         else:

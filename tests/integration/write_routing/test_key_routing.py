@@ -175,3 +175,19 @@ def test_set_local_and_savepoint_before_the_first_shop_statement_are_replayed_th
     assert write_bed.on_tenant(1, "SELECT name FROM customers WHERE name LIKE 'kr-replay-%%'") == [
         ("kr-replay-2",)]
     assert write_bed.on_unified("SELECT name FROM customers WHERE name LIKE 'kr-replay-%%'") == []
+
+
+def test_a_transaction_that_reads_a_global_table_first_begins_where_its_first_shop_statement_runs(
+    write_bed: WriteBed, keyed: ProxyThread
+) -> None:
+    with psycopg.connect(write_bed.proxy_dsn(keyed)) as conn:  # psycopg sends BEGIN first
+        assert conn.execute("SELECT name FROM plans ORDER BY id LIMIT 1").fetchone() is not None
+        conn.execute("INSERT INTO customers (shop_id, name) VALUES (1, 'kr-global-first')")
+        conn.commit()
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")  # a failing read before any shop: the transaction fails, as directly
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+    assert write_bed.on_tenant(1, "SELECT name FROM customers WHERE name = 'kr-global-first'") == [
+        ("kr-global-first",)]

@@ -176,7 +176,7 @@ def test_writes_of_a_cut_over_shop_with_unified_statements_are_refused(
     write_bed: WriteBed, proxy: ProxyThread
 ) -> None:
     with psycopg.connect(write_bed.proxy_dsn(proxy)) as conn:
-        conn.execute("SELECT count(*) FROM shops").fetchone()  # the transaction begins on unified
+        conn.execute("UPDATE shops SET city = city WHERE id = 999")  # a global write: begins on unified
         with pytest.raises(psycopg.errors.FeatureNotSupported) as info:
             conn.execute("INSERT INTO customers (shop_id, name) VALUES (1, 'uni-a')")
         assert "inside a transaction that began on the unified database" in str(info.value)

@@ -6,10 +6,12 @@ import pytest
 
 from pgtenantproxy.protocol.local_answers import refusal_sql
 from pgtenantproxy.session.decision import (
+    DEFERRED_READ,
     AnswerBegin,
     AnswerDeferred,
     AnswerEnd,
     AnswerLocal,
+    Aside,
     Refusal,
     Refuse,
     ToTenant,
@@ -120,6 +122,32 @@ def test_replayed_statements_go_to_unified_after_the_begin_when_the_transaction_
     h.take()
     h.client(q("SELECT * FROM shops"))
     assert h.unified_bytes() == q("BEGIN; " + SET_LOCAL) + q("SELECT * FROM shops")
+
+
+GLOBAL_READ = Aside(reason=DEFERRED_READ)
+
+
+def test_a_global_read_before_the_first_shop_statement_runs_aside_the_transaction_stays_deferred() -> None:
+    h, _link = _world(shops=GLOBAL_READ)
+    h.client(q("BEGIN"), q("SELECT * FROM shops"), q(INSERT))
+    assert h.unified_bytes() == q("SELECT * FROM shops")  # outside the transaction, on unified
+    assert h.fx.tenant_writes() == []  # the INSERT waits for the read's answer
+    h.unified(select_answer(b"s"))  # its ReadyForQuery says I: outside any transaction
+    assert h.client_bytes().endswith(rfq("T"))  # the client is still in its transaction
+    assert h.fx.tenant_writes() == [BEGIN_HEAD + q(INSERT) + SYNC]  # which begins on the shop's database
+
+
+def test_a_failing_global_read_fails_the_deferred_transaction_as_directly() -> None:
+    h, _ = _world(shops=GLOBAL_READ, **{"SELECT 2": ToUnified(reason="transaction_block")})
+    h.client(q("BEGIN"), q("SELECT * FROM shops"))
+    h.take()
+    h.unified(error("22012"), rfq("I"))
+    out = h.client_bytes()
+    assert sqlstate_of(out) == "22012" and out.endswith(rfq("E"))
+    assert h.tx is TxPlace.UNIFIED and h.machine.tx_status == ord("E")
+    assert h.unified_bytes().startswith(q("BEGIN; " + refusal_sql(*IN_FAILED_TRANSACTION)))  # failed there
+    h.client(q("SELECT 2"))
+    assert h.unified_bytes().endswith(q("SELECT 2"))  # after our batch: the server answers it 25P02
 
 
 def test_lazy_begin_waits_for_unified_to_owe_nothing() -> None:
