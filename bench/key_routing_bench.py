@@ -145,7 +145,7 @@ async def _dummy_connect(shop: int) -> asyncpg.Connection:
 
 def _facts(shops: int) -> KeyFacts:
     blocks = tuple((BLOCK_BASE + s * BLOCK, BLOCK_BASE + (s + 1) * BLOCK - 1, s) for s in range(1, shops + 1))
-    return KeyFacts({TABLE: ("id", "int")}, frozenset(), {(TABLE, "id"): blocks})
+    return KeyFacts({TABLE: {"id": "int"}}, frozenset(), {(TABLE, "id"): blocks}, primary={TABLE: "id"})
 
 
 def _directory(cache_size: int = CACHE_SIZE) -> KeyDirectory:
@@ -154,8 +154,8 @@ def _directory(cache_size: int = CACHE_SIZE) -> KeyDirectory:
 
 
 def _time_calls(directory: KeyDirectory, facts: KeyFacts, keys: list[str],
-                call: Callable[[KeyScope], Callable[[str, str], object]]) -> float:
-    """ns per call of ``call(scope)(TABLE, key)`` over ``keys``, a fresh scope every CHUNK calls."""
+                call: Callable[[KeyScope], Callable[[str, str, str], object]]) -> float:
+    """ns per call of ``call(scope)(TABLE, "id", key)`` over ``keys``, a fresh scope every CHUNK calls."""
     gc.collect()
     total = 0
     for start in range(0, len(keys), CHUNK):
@@ -163,7 +163,7 @@ def _time_calls(directory: KeyDirectory, facts: KeyFacts, keys: list[str],
         part = keys[start:start + CHUNK]
         t0 = time.perf_counter_ns()
         for key in part:
-            fn(TABLE, key)
+            fn(TABLE, "id", key)
         total += time.perf_counter_ns() - t0
     return total / len(keys)
 
@@ -172,7 +172,7 @@ def _block_key(rng: random.Random, shops: int) -> int:
     return BLOCK_BASE + rng.randrange(1, shops + 1) * BLOCK + rng.randrange(BLOCK)
 
 
-def _noop(table: str, key: str) -> None:
+def _noop(table: str, column: str, key: str) -> None:
     return None
 
 
@@ -181,8 +181,8 @@ def shop_of_costs(calls: int, shops: int, rng: random.Random) -> dict[str, Any]:
     facts = _facts(shops)
     directory = _directory()
     for k in range(1, CACHE_SIZE + 1):
-        directory._store((TABLE, str(k)), 1 + (k - 1) % shops)
-    cases: list[tuple[str, list[str], Callable[[KeyScope], Callable[[str, str], object]]]] = [
+        directory._store((TABLE, "id", str(k)), 1 + (k - 1) % shops)
+    cases: list[tuple[str, list[str], Callable[[KeyScope], Callable[[str, str, str], object]]]] = [
         ("loop_and_call_ns", [str(rng.randrange(1, CACHE_SIZE + 1)) for _ in range(calls)], lambda _s: _noop),
         ("cache_hit_ns", [str(rng.randrange(1, CACHE_SIZE + 1)) for _ in range(calls)], lambda s: s.shop_of),
         ("id_block_hit_ns", [str(_block_key(rng, shops)) for _ in range(calls)], lambda s: s.shop_of),
@@ -202,8 +202,8 @@ def shop_of_costs(calls: int, shops: int, rng: random.Random) -> dict[str, Any]:
     # a key repeated within one scope is answered from the scope's memo: counted once per scope
     out["counted"] = {"cache_hit": counted[0], "id_block": counted[1], "miss": counted[2]}
     scope = directory.scope(facts, lookups=True)
-    checks = (scope.shop_of(TABLE, "7"), scope.shop_of(TABLE, str(BLOCK_BASE + 3 * BLOCK + 5)),
-              scope.shop_of(TABLE, str(BLOCK_BASE - 1)))
+    checks = (scope.shop_of(TABLE, "id", "7"), scope.shop_of(TABLE, "id", str(BLOCK_BASE + 3 * BLOCK + 5)),
+              scope.shop_of(TABLE, "id", str(BLOCK_BASE - 1)))
     if checks[0] != 7 or checks[1] != 3 or checks[2] is not PENDING:
         raise RuntimeError(f"shop_of answered {checks!r}, expected (7, 3, PENDING)")
     out["calls"] = step * REPS
@@ -222,7 +222,7 @@ def cache_memory(entries: int) -> dict[str, Any]:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         for k in range(1, entries + 1):
-            directory._store((TABLE, str(k)), shop(k))  # str(k): the canonical text a lookup stores
+            directory._store((TABLE, "id", str(k)), shop(k))  # str(k): the canonical text a lookup stores
         used = tracemalloc.get_traced_memory()[0] - base
         tracemalloc.stop()
         if directory.cached != entries:
@@ -240,7 +240,7 @@ def route_costs(calls: int, shops: int, rng: random.Random) -> dict[str, Any]:
     facts = _facts(shops)
     directory = _directory()
     for k in range(1, CACHE_SIZE + 1):
-        directory._store((TABLE, str(k)), 1 + (k - 1) % shops)
+        directory._store((TABLE, "id", str(k)), 1 + (k - 1) % shops)
     router = Router(Analyser("shop_id"), Strategy("unified"))
     by_id = "UPDATE orders SET n = n + 1 WHERE id = $1"
     by_shop = "UPDATE orders SET n = n + 1 WHERE shop_id = $1 AND id = $2"
@@ -389,7 +389,7 @@ async def part2(cluster: PgCluster, args: argparse.Namespace) -> dict[str, Any]:
                                  timeout=10.0)
         quiet = KeyDirectory(unified=quiet_pool.acquire, tenant_connect=tenant_connect,
                              tenant_column="shop_id", timeout=10.0)
-        facts = KeyFacts({TABLE: ("id", "int")})
+        facts = KeyFacts({TABLE: {"id": "int"}}, primary={TABLE: "id"})
         rng = random.Random(7)
         results: list[dict[str, Any]] = []
         try:
@@ -424,7 +424,7 @@ async def _one_lookup(directory: KeyDirectory, facts: KeyFacts, case: LookupCase
                       batch: int) -> int:
     """One request() of ``batch`` keys; µs until its future ends. Checks every answer."""
     ints = case.keys(rng, batch)
-    keys = [(TABLE, str(k)) for k in ints]
+    keys = [(TABLE, "id", str(k)) for k in ints]
     t0 = time.perf_counter_ns()
     await directory.request(keys, facts, case.own)
     elapsed = (time.perf_counter_ns() - t0) // 1000

@@ -212,7 +212,7 @@ class Dispatcher:
             if lanes.watched and noted and not _placeable_copy(routed, view.touch):
                 unknown = view.touch.unknown and not is_prepare(items[0].sql) and names_no_shop(
                     routed.pairs(items), routed.identifications, snapshot.tenant_tables,
-                    AnyOwner(lambda t: _key_column(snapshot, t), snapshot.keys.may_be_consistent))
+                    AnyOwner(snapshot.keys.is_key, snapshot.keys.may_be_consistent))
                 note = UnitNote(view.touch, tuple(a.fingerprint or "?" for a in routed.analyses),
                                 tuple(item.sql for item in items), unknown)
         if route.tenant and not unit.pinned:
@@ -457,11 +457,6 @@ def _placeable_copy(routed: RoutedUnit, touched: Touch) -> bool:
         if not copy.is_from and (copy.table is not None or touched.global_tables or len(touched.shops) > 1):
             return False
     return bool(copies)
-
-
-def _key_column(snapshot: CatalogSnapshot, table: str) -> str | None:
-    found = snapshot.keys.key_columns.get(table)
-    return found[0] if found is not None else None
 
 
 def _label(routed: RoutedUnit) -> tuple[str, str]:

@@ -45,7 +45,7 @@ from pgtenantproxy.tenancy.sql import QualifiedName, ident
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (table label, canonical key text)
+Key = tuple[str, str, str]  # (table label, key column, canonical key text)
 ONCE_LIMIT = 10_000
 _ARRAY_TYPES = {"int": "int8[]", "uuid": "uuid[]", "text": "text[]"}
 
@@ -76,18 +76,15 @@ class KeyScope:
     failed: list[str] = field(default_factory=list)
     _seen: dict[Key, int | None] = field(default_factory=dict)
 
-    def key_column(self, table: str) -> str | None:
-        if not self.lookups:
-            return None
-        found = self.facts.key_columns.get(table)
-        return found[0] if found is not None else None
+    def is_key(self, table: str, column: str) -> bool:
+        return self.lookups and self.facts.is_key(table, column)
 
     def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
         return self.facts.consistent(a, a_col, b, b_col)
 
-    def shop_of(self, table: str, key: str) -> KeyShop:
-        column, kind = self.facts.key_columns[table]
-        text = canonical(key, kind)
+    def shop_of(self, table: str, column: str, key: str) -> KeyShop:
+        kind = self.facts.kind(table, column)
+        text = canonical(key, kind) if kind is not None else None
         if text is None:
             return None  # not a value of the key's type: PostgreSQL answers the error wherever it runs
         directory = self.directory
@@ -96,7 +93,7 @@ class KeyScope:
             if shop is not None:
                 directory.stats.block_hits += 1
                 return shop
-        k = (table, text)
+        k = (table, column, text)
         if k in self._seen:
             return self._seen[k]
         found = directory.answer(k)
@@ -198,15 +195,15 @@ class KeyDirectory:
 
     async def _lookup(self, keys: list[Key], facts: KeyFacts, own: list[int]) -> None:
         self.stats.lookups += 1
-        by_table: dict[str, list[str]] = {}
-        for table, text in keys:
-            by_table.setdefault(table, []).append(text)
+        by_column: dict[tuple[str, str], list[str]] = {}
+        for table, column, text in keys:
+            by_column.setdefault((table, column), []).append(text)
         try:
             async with asyncio.timeout(self.timeout):
-                for table, texts in by_table.items():
-                    found = await self._resolve(table, texts, facts, own)
+                for (table, column), texts in by_column.items():
+                    found = await self._resolve(table, column, texts, facts, own)
                     for text in texts:
-                        self._store((table, text), found.get(text))
+                        self._store((table, column, text), found.get(text))
         except Exception as exc:  # a failed lookup refuses the statement, never guesses
             self.stats.failures += 1
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or exc.__class__.__name__
@@ -231,14 +228,18 @@ class KeyDirectory:
             cache.popitem(last=False)
 
     # --- the lookup, step by step ------------------------------------------------------------
-    async def _resolve(self, table: str, texts: list[str], facts: KeyFacts, own: list[int]) -> dict[str, int]:
-        column, kind = facts.key_columns[table]
+    async def _resolve(
+        self, table: str, column: str, texts: list[str], facts: KeyFacts, own: list[int]
+    ) -> dict[str, int]:
+        kind = facts.kind(table, column)
+        assert kind is not None
         select = self._select(table, column, kind)
         values = _typed(texts, kind)
         async with self._unified() as conn:
             found = {r[0]: int(r[1]) for r in await conn.fetch(select, values)}
             missing = [t for t in texts if t not in found]
-            candidates = await _directory(conn, table, kind, missing) if missing else {}
+            in_directory = missing and facts.primary.get(table) == column  # it holds primary keys
+            candidates = await _directory(conn, table, kind, missing) if in_directory else {}
         confirm: dict[int, list[str]] = {}
         drawn_in_blocks = kind == "int" and facts.blocks_cover(table, column, own)
         for text in missing:

@@ -35,21 +35,22 @@ WHERE f.contype = 'f' AND cardinality(f.conkey) = 1
 """
 
 _PRIMARY_KEYS = """
-SELECT n.nspname || '.' || c.relname AS tbl, a.attname AS col, a.atttypid::int AS typid,
+SELECT n.nspname || '.' || c.relname AS tbl, a.attname AS col, a.atttypid::int AS typid, i.indisprimary,
        pg_get_serial_sequence(quote_ident(n.nspname) || '.' || quote_ident(c.relname), a.attname) IS NOT NULL
            AS sequenced
 FROM pg_index i
 JOIN pg_class c ON c.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
-WHERE i.indisprimary AND i.indnkeyatts = 1 AND n.nspname || '.' || c.relname = ANY($1::text[])
+WHERE i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL
+  AND n.nspname || '.' || c.relname = ANY($1::text[])
 """
 
 
 @dataclass(frozen=True)
 class KeyFacts:
-    #: table label -> (key column, kind)
-    key_columns: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: table label -> {column: kind} of its single-column unique keys (the primary key included)
+    key_columns: dict[str, dict[str, str]] = field(default_factory=dict)
     #: consistent foreign keys as (child, child column, parent, parent column)
     foreign_keys: frozenset[tuple[str, str, str, str]] = frozenset()
     #: (table, column) -> sorted ((first, last, shop), ...)
@@ -59,6 +60,8 @@ class KeyFacts:
     #: every single-column foreign key between tenant tables not proven inconsistent (proven or not yet
     #: checked): what the readiness recorder may count on once the cutover gate has proven them
     unrefuted: frozenset[tuple[str, str, str, str]] = frozenset()
+    #: table label -> its primary key column (the key directory holds retired shops' primary keys)
+    primary: dict[str, str] = field(default_factory=dict)
 
     def block_shop(self, table: str, column: str, key: int) -> int | None:
         """The shop whose id block holds ``key``, if any."""
@@ -71,6 +74,14 @@ class KeyFacts:
             if first <= key <= last:
                 return shop
         return None
+
+    def kind(self, table: str, column: str) -> str | None:
+        """The kind of a single-column unique key (``int``, ``uuid``, ``text``), or None."""
+        columns = self.key_columns.get(table)
+        return columns.get(column) if columns is not None else None
+
+    def is_key(self, table: str, column: str) -> bool:
+        return self.kind(table, column) is not None
 
     def blocks_cover(self, table: str, column: str, shops: Iterable[int]) -> bool:
         """Is ``column`` filled by a sequence, and has every one of ``shops`` an id block of it (so the
@@ -91,7 +102,10 @@ class KeyFacts:
 
 async def read_key_facts(conn: asyncpg.Connection, tenant_tables: frozenset[str]) -> KeyFacts:
     rows = await conn.fetch(_PRIMARY_KEYS, sorted(tenant_tables))
-    columns = {r["tbl"]: (r["col"], _KINDS[r["typid"]]) for r in rows if r["typid"] in _KINDS}
+    columns: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if r["typid"] in _KINDS:
+            columns.setdefault(r["tbl"], {})[r["col"]] = _KINDS[r["typid"]]
     sequenced = frozenset((r["tbl"], r["col"]) for r in rows if r["sequenced"])
     proofs = [p for p in await read_fk_proofs(conn) if len(p.fk.child_cols) == 1]
     fks = frozenset(_edge(p) for p in proofs
@@ -102,8 +116,9 @@ async def read_key_facts(conn: asyncpg.Connection, tenant_tables: frozenset[str]
     blocks: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     for b in await read_id_blocks(conn):
         blocks.setdefault((b.table, b.column), []).append((b.first, b.last, b.shop_id))
+    primary = {r["tbl"]: r["col"] for r in rows if r["indisprimary"] and r["typid"] in _KINDS}
     return KeyFacts(columns, fks, {k: tuple(sorted(v)) for k, v in blocks.items()}, sequenced,
-                    frozenset(declared - refuted))
+                    frozenset(declared - refuted), primary)
 
 
 def _edge(proof: FkProof) -> tuple[str, str, str, str]:

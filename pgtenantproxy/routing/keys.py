@@ -50,13 +50,13 @@ KeyShop = int | None | Pending  # a shop, nowhere (no such key), or not known ye
 class KeyView(Protocol):
     """What routing asks about keys (answers from memory; misses are looked up by the caller)."""
 
-    def key_column(self, table: str) -> str | None:
-        """The table's single-column key used for routing (``table`` as ``schema.name``)."""
+    def is_key(self, table: str, column: str) -> bool:
+        """Is ``column`` a single-column unique key of ``table`` (``schema.name``) routed by key?"""
 
     def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
         """Is ``a.a_col = b.b_col`` a shop-consistent foreign key (either way round)?"""
 
-    def shop_of(self, table: str, key: str) -> KeyShop:
+    def shop_of(self, table: str, column: str, key: str) -> KeyShop:
         """The shop owning ``key`` (its text form), None if no shop has it, or PENDING."""
 
 
@@ -98,14 +98,14 @@ def occurrence_shops(
         if shops[cond.occ] is not None or not is_tenant_table(occ.table, tenant_tables):
             continue
         table = label(occ.table)
-        if view.key_column(table) != cond.column:
+        if not view.is_key(table, cond.column):
             continue
         keys = key_texts(cond.values, params)
         if keys is None:
             continue
         found: set[int] = set()
         for key in keys:
-            shop = view.shop_of(table, key)
+            shop = view.shop_of(table, cond.column, key)
             if isinstance(shop, Pending):
                 pending = True
             elif shop is not None:
@@ -269,17 +269,17 @@ class AnyOwner:
     """A :class:`KeyView` that says every key has an owner (``shop``): for the readiness recorder,
     which asks whether a statement *could* be placed once its keys' shops are known."""
 
-    columns: Callable[[str], str | None]
+    keys: Callable[[str, str], bool]
     fks: Callable[[str, str, str, str], bool]
     shop: int = -1
 
-    def key_column(self, table: str) -> str | None:
-        return self.columns(table)
+    def is_key(self, table: str, column: str) -> bool:
+        return self.keys(table, column)
 
     def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
         return self.fks(a, a_col, b, b_col)
 
-    def shop_of(self, table: str, key: str) -> KeyShop:
+    def shop_of(self, table: str, column: str, key: str) -> KeyShop:
         return self.shop
 
 

@@ -191,3 +191,12 @@ def test_a_transaction_that_reads_a_global_table_first_begins_where_its_first_sh
         conn.rollback()
     assert write_bed.on_tenant(1, "SELECT name FROM customers WHERE name = 'kr-global-first'") == [
         ("kr-global-first",)]
+
+
+def test_another_single_column_unique_key_routes_too(write_bed: WriteBed, keyed: ProxyThread) -> None:
+    repair = write_bed.on_unified("SELECT min(repair_id) FROM invoices WHERE shop_id = 1")[0][0]
+    write_bed.on_tenant(1, "UPDATE invoices SET total = 4242 WHERE repair_id = %s RETURNING id", repair)
+    with psycopg.connect(write_bed.proxy_dsn(keyed), autocommit=True) as conn:
+        # invoices.repair_id is UNIQUE: its key names shop 1's row, read on shop 1's database
+        got = conn.execute("SELECT total FROM invoices WHERE repair_id = %s", (repair,)).fetchone()
+    assert got is not None and got[0] == 4242

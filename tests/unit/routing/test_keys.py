@@ -28,13 +28,13 @@ class Keys:
     fks: frozenset[tuple[str, str, str, str]] = frozenset({FK})
     asked: list[tuple[str, str]] = field(default_factory=list)
 
-    def key_column(self, table: str) -> str | None:
-        return "id" if table in TENANT else None
+    def is_key(self, table: str, column: str) -> bool:
+        return column == "id" and table in TENANT
 
     def consistent(self, a: str, a_col: str, b: str, b_col: str) -> bool:
         return (a, a_col, b, b_col) in self.fks or (b, b_col, a, a_col) in self.fks
 
-    def shop_of(self, table: str, key: str) -> KeyShop:
+    def shop_of(self, table: str, column: str, key: str) -> KeyShop:
         self.asked.append((table, key))
         return self.owners.get((table, key), PENDING)
 
