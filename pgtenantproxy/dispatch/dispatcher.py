@@ -49,7 +49,16 @@ from pgtenantproxy.routing.keys import AnyOwner, names_no_shop
 from pgtenantproxy.routing.primary import Touch, touch
 from pgtenantproxy.routing.readiness import TxTrace, UnitNote
 from pgtenantproxy.routing.sql_prepared import is_prepare
-from pgtenantproxy.session.decision import Aside, Decision, Hold, Refusal, Refuse, ToTenant, ToUnified
+from pgtenantproxy.session.decision import (
+    SESSION_SEQUENCE,
+    Aside,
+    Decision,
+    Hold,
+    Refusal,
+    Refuse,
+    ToTenant,
+    ToUnified,
+)
 from pgtenantproxy.session.facts import SessionFacts
 
 logger = logging.getLogger(__name__)
@@ -424,10 +433,11 @@ _SESSION_SEQUENCE = frozenset({"lastval", "currval", "pg_catalog.lastval", "pg_c
 
 
 def _sequences(state: SessionRouting, decision: Decision, facts: SessionFacts) -> Decision:
-    """lastval()/currval() answer from the connection that drew the value: inside a transaction that
-    is the transaction's own; outside, a shop's pooled connection is gone once the INSERT ended, so
-    after a statement that may have drawn on a shop's database they are refused (never another
-    connection's value). RETURNING, or both statements in one transaction or one Query, answer."""
+    """lastval()/currval() answer from the connection that drew the value. Inside a transaction that
+    is the transaction's own. Outside, an autocommit statement that may draw on a shop's database
+    keeps its connection until the session's next statement (at most a second): a lastval()/currval()
+    right after it runs there; later, the connection is back in the pool and they are refused (never
+    another connection's value)."""
     routed = state.last
     if routed is None or facts.pinned_shop is not None or facts.tx_status != c.TX_IDLE:
         return decision
@@ -435,13 +445,17 @@ def _sequences(state: SessionRouting, decision: Decision, facts: SessionFacts) -
     if any(s.kind == "insert" or _DRAWS.intersection(s.unsafe) for s in statements):
         if isinstance(decision, ToTenant | ToUnified):
             state.sequence_shop = decision.shop_id if isinstance(decision, ToTenant) else None
+        if isinstance(decision, ToTenant) and decision.primary and facts.deferred_begin is None:
+            return dataclasses.replace(decision, linger=True)
         return decision
     shop = state.sequence_shop
     if shop is None or not any(_SESSION_SEQUENCE.intersection(s.unsafe) for s in statements):
         return decision
+    if facts.linger_shop == shop and all(not s.occurrences for s in statements):
+        return ToTenant(shop, SESSION_SEQUENCE, kind="select", primary=True, linger=True)
     return Refuse(shop, "session_sequence", kind="select", error=Refusal(
-        NOT_ATOMIC, f"pgtenantproxy: lastval()/currval() after an INSERT that ran on shop {shop}'s database "
-                    "outside a transaction: that connection went back to the pool",
+        NOT_ATOMIC, f"pgtenantproxy: lastval()/currval() long after an INSERT that ran on shop {shop}'s "
+                    "database outside a transaction: that connection went back to the pool",
         "Use INSERT ... RETURNING, or run the INSERT and lastval() in one transaction."))
 
 

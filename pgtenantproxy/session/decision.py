@@ -83,6 +83,9 @@ class ToTenant(Decision):
     #: SQL-level prepared statements the unit EXECUTEs: (name, its PREPARE, its DEALLOCATE), defined on
     #: the connection first when it lacks them.
     sql_prepares: tuple[tuple[str, str, str], ...] = ()
+    #: Keep the connection after the unit (it may draw from a sequence) until the session's next
+    #: statement, so a lastval()/currval() right after it is answered there.
+    linger: bool = False
     target: ClassVar[Target] = Target.TENANT
 
 
@@ -166,6 +169,8 @@ class CopyFirstRow(Decision):
 #: The reason of an :class:`Aside` that runs a read of global tables (or of nothing) for a deferred
 #: transaction: its error fails the transaction, as directly.
 DEFERRED_READ = "deferred_read"
+#: The reason of a :class:`ToTenant` that runs lastval()/currval() on the connection that drew the value.
+SESSION_SEQUENCE = "session_sequence"
 
 #: Units the session must keep on unified (after a Flush, COPY, a FunctionCall...).
 UNIFIED_PINNED = ToUnified(reason="pinned")

@@ -42,6 +42,9 @@ class SessionFacts:
     deferred_begin: str | None = None
     #: Statements after that BEGIN the proxy answered too (SET LOCAL, SAVEPOINT...), replayed after it.
     deferred_replay: tuple[str, ...] = ()
+    #: The shop whose connection the session still holds after an autocommit statement that drew from
+    #: a sequence (so lastval()/currval() can be answered there), until its next statement.
+    linger_shop: int | None = None
     #: Set only while the machine asks where a COPY FROM STDIN it started runs (a
     #: :class:`~pgtenantproxy.session.decision.CopyFirstRow`): what its first row says.
     copy_first_row: FirstRow | None = None

@@ -51,6 +51,7 @@ from pgtenantproxy.session.contract import Effects, TenantLink, UnitRouter
 from pgtenantproxy.session.copy_flow import CopyFlow
 from pgtenantproxy.session.decision import (
     DEFERRED_READ,
+    SESSION_SEQUENCE,
     UNIFIED_PINNED,
     AnswerBegin,
     AnswerDeferred,
@@ -93,6 +94,9 @@ logger = logging.getLogger(__name__)
 
 #: Pause reading the client when this many units wait behind a tenant unit.
 MAX_QUEUED_UNITS = 256
+#: How long the connection of an autocommit statement that drew from a sequence is kept for a
+#: lastval()/currval() right after it.
+LINGER_S = 1.0
 #: How often a held unit looks whether its shop's hold has ended.
 HOLD_POLL_S = 0.01
 
@@ -137,6 +141,7 @@ class SessionMachine:
         self._client_paused = False
         self._pinned: TenantLink | None = None
         self._pinned_status = c.TX_IDLE
+        self._linger: TenantLink | None = None
         self._lost_shop: int | None = None
         self._run: TenantRun | None = None
         self._held: HeldUnit | None = None
@@ -182,7 +187,7 @@ class SessionMachine:
 
     def dispose(self) -> None:
         """The session ended: links are given back closed (a pinned transaction rolls back)."""
-        if self.state is State.CLOSED and self._run is None and self._pinned is None:
+        if self.state is State.CLOSED and self._run is None and self._pinned is None and self._linger is None:
             return
         self._advance(Event.CLOSE)
         self.fx.clear_timer()
@@ -194,6 +199,8 @@ class SessionMachine:
         pinned, self._pinned = self._pinned, None
         if pinned is not None:
             self.fx.give_back(self.facts.pinned_shop or 0, pinned, reusable=False, failed=False)
+        if self._linger is not None:
+            self._release_linger()
 
     # --- client -> servers ----------------------------------------------------------------
     def client_data(self, data: bytes) -> None:
@@ -243,6 +250,8 @@ class SessionMachine:
                 self._await_drain = True  # the proxy's own batch must not overtake owed answers
                 break
             decision = self._decide(unit)
+            if self._linger is not None and not self._uses_linger(decision):
+                self._release_linger()
             if not isinstance(decision, ToUnified):
                 if self.owed or self._flushed_unanswered:
                     self._await_drain = True
@@ -516,6 +525,7 @@ class SessionMachine:
         shop = decision.shop_id
         assert shop is not None
         pinned = self._pinned if self.tx is TxPlace.PINNED and self.facts.pinned_shop == shop else None
+        lingering = self._linger if self._uses_linger(decision) else None
         begin = self.facts.deferred_begin if decision.primary and pinned is None else None
         replay = self.facts.deferred_replay if begin is not None else ()
         if begin is not None:
@@ -544,6 +554,11 @@ class SessionMachine:
                 self._finish_tenant(Outcome.FALLBACK, "the tenant connection of this transaction was lost")
                 return
             self.tenant_ready(pinned)
+            return
+        if lingering is not None:
+            self._linger = None
+            self.facts.linger_shop = None
+            self.tenant_ready(lingering)
             return
         link = self.fx.borrow(shop)
         if link is not None:
@@ -592,6 +607,9 @@ class SessionMachine:
     def timer_fired(self) -> None:
         if self.state is State.HELD:
             self._poll_hold()
+            return
+        if self._linger is not None and self._run is None:
+            self._release_linger()  # no statement came soon after: the connection goes back to the pool
             return
         run = self._run
         if self.state is not State.TENANT_RUNNING or run is None or run.work.forwarded or run.link is None:
@@ -647,9 +665,24 @@ class SessionMachine:
         at_rest = not link.broken and work.done
         if run.decision.primary and at_rest and outcome is Outcome.DONE and work.status != c.TX_IDLE:
             return link  # its transaction is open: the session keeps it
+        if run.decision.linger and at_rest and outcome is Outcome.DONE and work.status == c.TX_IDLE:
+            self._linger = link  # a lastval()/currval() right after it is answered there
+            self.facts.linger_shop = run.decision.shop_id
+            self.fx.set_timer(LINGER_S)
+            return None
         shop = run.decision.shop_id or 0
         self.fx.give_back(shop, link, reusable=at_rest and work.status == c.TX_IDLE, failed=failed)
         return None
+
+    def _uses_linger(self, decision: Decision) -> bool:
+        return (isinstance(decision, ToTenant) and decision.reason == SESSION_SEQUENCE
+                and decision.shop_id == self.facts.linger_shop)
+
+    def _release_linger(self) -> None:
+        link, self._linger = self._linger, None
+        shop, self.facts.linger_shop = self.facts.linger_shop, None
+        if link is not None:
+            self.fx.give_back(shop or 0, link, reusable=link.usable, failed=False)
 
     def _repin(self, run: TenantRun, kept: TenantLink | None, outcome: Outcome) -> None:
         """After a primary unit: keep its link while its transaction is open."""

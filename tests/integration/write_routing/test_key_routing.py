@@ -11,6 +11,7 @@ recorded as proven consistent.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import asyncpg
@@ -155,8 +156,14 @@ def test_lastval_answers_from_the_insert_s_connection_or_is_refused(
         assert write_bed.on_tenant(1, "SELECT name FROM customers WHERE id = %s", last) == [("kr-lastval",)]
     with psycopg.connect(write_bed.proxy_dsn(keyed), autocommit=True) as conn:
         conn.execute("INSERT INTO customers (shop_id, name) VALUES (1, 'kr-lastval-2')")
+        (last,) = conn.execute("SELECT lastval()").fetchone() or (None,)  # on the INSERT's connection
+        assert write_bed.on_tenant(1, "SELECT name FROM customers WHERE id = %s", last) == [("kr-lastval-2",)]
+        (current,) = conn.execute("SELECT currval('customers_id_seq')").fetchone() or (None,)
+        assert current == last  # still that connection: kept until the next statement that needs none
+        conn.execute("INSERT INTO customers (shop_id, name) VALUES (1, 'kr-lastval-3')")
+        time.sleep(1.5)  # the connection goes back to the pool when no statement comes soon after
         with pytest.raises(psycopg.errors.FeatureNotSupported) as info:
-            conn.execute("SELECT lastval()")  # the INSERT's pooled connection is gone: never another's value
+            conn.execute("SELECT lastval()")  # never another connection's value
         assert "RETURNING" in (info.value.diag.message_hint or "")
         conn.execute("INSERT INTO shops (id, name, city) VALUES (999, 'kr', 'x') ON CONFLICT DO NOTHING")
         conn.execute("SELECT 1")  # a statement on unified drew last: lastval() is unified's again

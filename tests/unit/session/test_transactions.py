@@ -7,6 +7,7 @@ import pytest
 from pgtenantproxy.protocol.local_answers import refusal_sql
 from pgtenantproxy.session.decision import (
     DEFERRED_READ,
+    SESSION_SEQUENCE,
     AnswerBegin,
     AnswerDeferred,
     AnswerEnd,
@@ -228,6 +229,37 @@ def _pinned(**rules: object) -> tuple[Harness, FakeLink]:
     h.take()
     h.router.done.clear()
     return h, link
+
+
+def test_an_autocommit_insert_keeps_its_link_for_a_lastval_right_after_it() -> None:
+    h, link = _world(orders=ToTenant(1, "tenant_primary", primary=True, linger=True),
+                     lastval=ToTenant(1, SESSION_SEQUENCE, primary=True), shops=ToUnified(reason="x"))
+    h.client(q(INSERT))
+    h.tenant(cc("INSERT 0 1"), rfq("I"))
+    assert h.fx.of("give_back") == [] and h.facts.linger_shop == 1  # kept, not back in the pool
+    h.take()
+    h.client(q("SELECT lastval()"))
+    assert h.take() == [("attach", link), ("tenant", link, q("SELECT lastval()"))]  # no borrow: that link
+    h.tenant(select_answer(b"7"))
+    assert h.fx.of("give_back") == [("give_back", 1, link, True, False)]
+    assert h.facts.linger_shop is None
+
+
+def test_a_kept_link_goes_back_at_the_next_statement_or_after_a_while() -> None:
+    h, link = _world(orders=ToTenant(1, "tenant_primary", primary=True, linger=True),
+                     shops=ToUnified(reason="x"))
+    h.client(q(INSERT))
+    h.tenant(cc("INSERT 0 1"), rfq("I"))
+    h.take()
+    h.client(q("SELECT * FROM shops"))
+    assert h.fx.of("give_back") == [("give_back", 1, link, True, False)]
+    h.unified(select_answer(b"s"))
+    h.take()
+    h.client(q(INSERT))
+    h.tenant(cc("INSERT 0 1"), rfq("I"))
+    h.take()
+    h.machine.timer_fired()  # nothing came soon after
+    assert h.fx.of("give_back") and h.facts.linger_shop is None
 
 
 def test_a_pinned_transaction_continues_on_the_same_link_with_no_settings_prelude() -> None:
