@@ -439,6 +439,8 @@ def _sequences(state: SessionRouting, decision: Decision, facts: SessionFacts) -
     right after it runs there; later, the connection is back in the pool and they are refused (never
     another connection's value)."""
     routed = state.last
+    if state.sequence_shop is None and not isinstance(decision, ToTenant):
+        return decision  # the hot path: nothing drawn on a shop's database, nothing going there
     if routed is None or facts.pinned_shop is not None or facts.tx_status != c.TX_IDLE:
         return decision
     statements = routed.statements

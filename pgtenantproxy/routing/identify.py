@@ -185,19 +185,24 @@ class BoundParams:
     formats: tuple[int, ...] = ()
     type_oids: tuple[int, ...] = ()
 
-    def shop(self, ref: ShopRef) -> int | None:
-        if ref.value is not None:
-            return ref.value
-        if ref.param is None or not 0 < ref.param <= len(self.values):
+    def raw(self, param: int) -> tuple[bytes | None, int, int] | None:
+        """``$param``'s (value, format code, declared type OID), or None if there is no such parameter."""
+        if not 0 < param <= len(self.values):
             return None
-        index = ref.param - 1
-        raw = self.values[index]
-        if raw is None:
-            return None
+        index = param - 1
         formats = self.formats
         fmt = formats[0] if len(formats) == 1 else (formats[index] if index < len(formats) else 0)
         oid = self.type_oids[index] if index < len(self.type_oids) else 0
-        return decode_shop(raw, fmt, oid, ref.cast)
+        return self.values[index], fmt, oid
+
+    def shop(self, ref: ShopRef) -> int | None:
+        if ref.value is not None:
+            return ref.value
+        found = self.raw(ref.param) if ref.param is not None else None
+        if found is None:
+            return None
+        raw, fmt, oid = found
+        return None if raw is None else decode_shop(raw, fmt, oid, ref.cast)
 
 
 def resolve(ref: ShopRef, params: BoundParams | None) -> int | None:

@@ -180,15 +180,12 @@ def key_texts(values: Sequence[KeyValue], params: BoundParams | None) -> list[st
         if value.text is not None:
             out.append(value.text)
             continue
-        if params is None or value.param is None or not 0 < value.param <= len(params.values):
+        found = params.raw(value.param) if params is not None and value.param is not None else None
+        if found is None:
             return None
-        index = value.param - 1
-        raw = params.values[index]
+        raw, fmt, oid = found
         if raw is None:
             continue  # = NULL matches nothing
-        formats = params.formats
-        fmt = formats[0] if len(formats) == 1 else (formats[index] if index < len(formats) else 0)
-        oid = params.type_oids[index] if index < len(params.type_oids) else 0
         oid = oid or _CAST_OIDS.get(value.cast or "", 0)
         if value.array:
             elements = _array(raw, fmt, oid)
