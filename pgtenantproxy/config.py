@@ -294,6 +294,17 @@ class MigrationSection:
 
 
 @dataclass(frozen=True)
+class FederationSection:
+    """Federated reads: unified reads cut-over shops' rows through ``postgres_fdw`` foreign tables."""
+
+    #: The most cut-over shops one read on unified may read through their foreign tables.
+    max_shops_per_query: int = _opt(64, _positive)
+    #: How often the phase keeper checks that every cut-over shop's foreign tables match unified's tenant
+    #: tables (columns, types, grants) and rebuilds those that do not.
+    refresh_interval_s: float = _opt(5.0, _positive)
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     """Prometheus exporter and the performance monitor (:mod:`pgtenantproxy.metrics`)."""
 
@@ -341,6 +352,7 @@ class Config:
     pools: PoolsSection = field(default_factory=PoolsSection)
     dual_write: DualWriteSection = field(default_factory=DualWriteSection)
     migration: MigrationSection = field(default_factory=MigrationSection)
+    federation: FederationSection = field(default_factory=FederationSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     admin: AdminSection = field(default_factory=AdminSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -357,6 +369,7 @@ SECTIONS: dict[str, type] = {
     "pools": PoolsSection,
     "dual_write": DualWriteSection,
     "migration": MigrationSection,
+    "federation": FederationSection,
     "metrics": MetricsSection,
     "admin": AdminSection,
     "logging": LoggingSection,

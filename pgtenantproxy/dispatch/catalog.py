@@ -32,9 +32,11 @@ from pgtenantproxy.config import TenancySection
 from pgtenantproxy.dispatch.copy_columns import CopyColumns, read_copy_columns
 from pgtenantproxy.dispatch.key_facts import KeyFacts, read_key_facts
 from pgtenantproxy.dispatch.routing_state import CHANNEL, RoutingState, read_state
+from pgtenantproxy.lifecycle.federation import read_columns, read_federation, signature
 from pgtenantproxy.lifecycle.instances import heartbeat, new_instance_id
 from pgtenantproxy.lifecycle.phases import ShopPhase
 from pgtenantproxy.lifecycle.store import read_phases
+from pgtenantproxy.routing.federation import FederationFacts
 from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
 
 logger = logging.getLogger(__name__)
@@ -68,12 +70,14 @@ class CatalogSnapshot:
     keys: KeyFacts = field(default_factory=KeyFacts)
     #: Where the tenant column is in a COPY without a column list, per tenant table.
     copy_columns: CopyColumns = field(default_factory=CopyColumns)
+    #: The tenant tables' columns and the shops whose foreign tables match them (federated reads).
+    federation: FederationFacts = field(default_factory=FederationFacts)
 
     def same_content(self, other: CatalogSnapshot) -> bool:
         same = (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing,
                 self.phases, self.keys) == (other.tenant_tables, other.ready, other.activated,
                                             other.deactivated, other.routing, other.phases, other.keys)
-        return same and self.copy_columns == other.copy_columns
+        return same and (self.copy_columns, self.federation) == (other.copy_columns, other.federation)
 
     def phase(self, shop_id: int) -> ShopPhase:
         return self.phases.get(shop_id) or ShopPhase(shop_id)
@@ -105,8 +109,9 @@ class TenantCatalog:
         epoch = max((record.epoch for record in phases.values()), default=0)
         keys = await read_key_facts(conn, tables)
         copy_columns = await read_copy_columns(conn, tables, self.tenancy.tenant_column)
+        federation = await read_federation_facts(conn, tables)
         new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing, phases,
-                              holding, epoch, keys, copy_columns=copy_columns)
+                              holding, epoch, keys, copy_columns=copy_columns, federation=federation)
         changed = not new.same_content(old)
         if changed:
             new = dataclasses.replace(new, version=old.version + 1)
@@ -187,6 +192,15 @@ class TenantCatalog:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._task = self._listen_task = None
+
+
+async def read_federation_facts(conn: asyncpg.Connection, tables: frozenset[str]) -> FederationFacts:
+    """The tenant tables' columns on unified, and the shops whose foreign tables were built from them."""
+    columns = await read_columns(conn, tables)
+    current = signature(columns)
+    built = await read_federation(conn)
+    return FederationFacts({t: tuple(name for name, _type in cols) for t, cols in columns.items()},
+                           frozenset(shop for shop, sig in built.items() if sig == current))
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.conflicts import ConflictRecorder
+from pgtenantproxy.dispatch.federation import Federated, Federator, NotFederated, touches_tenant
 from pgtenantproxy.dispatch.items import unit_items
 from pgtenantproxy.dispatch.key_directory import KeyDirectory, KeyScope
 from pgtenantproxy.dispatch.shadow import ShadowReader, ShadowResult
@@ -45,9 +46,10 @@ from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit
 from pgtenantproxy.protocol.messages import Parse, Query
 from pgtenantproxy.routing import BatchItem, Claim, RoutedUnit, Router, SessionShop, startup_claim
+from pgtenantproxy.routing.federation import needs_federation
 from pgtenantproxy.routing.keys import AnyOwner, names_no_shop
 from pgtenantproxy.routing.primary import Touch, touch
-from pgtenantproxy.routing.readiness import TxTrace, UnitNote
+from pgtenantproxy.routing.readiness import ANY_SHOP, TxTrace, UnitNote
 from pgtenantproxy.routing.sql_prepared import is_prepare
 from pgtenantproxy.session.decision import (
     SESSION_SEQUENCE,
@@ -66,6 +68,10 @@ logger = logging.getLogger(__name__)
 _NOTHING_SHADOWED: frozenset[str] = frozenset()
 _KEY_HINT = ("The statement names its rows by key only; see docs/routing.md, \"Routing by key\". "
              "Naming the shop (WHERE shop_id = ...) avoids the lookup.")
+_EXECUTE_NOT_FEDERATED = Refusal(
+    NOT_ATOMIC, "pgtenantproxy: this EXECUTE runs a read that needs the databases of cut-over shops; a "
+                "statement prepared with SQL-level PREPARE cannot be rewritten for them",
+    "Send the query itself, or prepare it with the driver (protocol-level prepared statements).")
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
@@ -154,6 +160,8 @@ class Dispatcher:
         self.conflicts = ConflictRecorder()
         #: Routing by key (set by the runtime; None: keys and foreign keys pin nothing).
         self.keys: KeyDirectory | None = None
+        #: Federated reads (set by the runtime; None: reads that need moved shops are refused).
+        self.federator: Federator | None = None
 
     def use_router(self, router: Router) -> None:
         """Swap in a new routing core (config reload, API strategy change): atomic for the loop."""
@@ -184,6 +192,9 @@ class Dispatcher:
         decision = self._route(unit, facts, state, items)
         if prepares and isinstance(decision, ToTenant):
             decision = dataclasses.replace(decision, sql_prepares=prepares)
+        elif prepares and isinstance(decision, ToUnified | Aside) and decision.rewrites:
+            decision = Refuse(None, "federation_refused", kind=decision.kind, table=decision.table,
+                              error=_EXECUTE_NOT_FEDERATED)
         return _sequences(state, decision, facts)
 
     def _route(
@@ -214,9 +225,10 @@ class Dispatcher:
                             snapshot.tenant_tables, shadowed), (kind, table))
             # also while shops are only mirrored: lazy BEGIN, so a cutover's hold catches new transactions
             special = write_decision(view, facts, lanes, snapshot.tenant_tables,
-                                     held=self._held, hold_s=self.hold_timeout)
+                                     held=self._held, hold_s=self.hold_timeout,
+                                     federate=self._federation(snapshot, lanes, shadowed))
             if special is not None:
-                return special
+                return _noted_refusal(special, lanes, routed, items)
             noted = view.touch.shops or view.touch.global_tables or view.touch.unknown
             if lanes.watched and noted and not _placeable_copy(routed, view.touch):
                 unknown = view.touch.unknown and not is_prepare(items[0].sql) and names_no_shop(
@@ -274,6 +286,34 @@ class Dispatcher:
                     hold_s=directory.timeout + 1.0,
                     wake=lambda callback: done.add_done_callback(lambda _f: callback()),
                     timeout_error=timeout)
+
+    # --- federated reads ---------------------------------------------------------------
+    def _federation(self, snapshot: CatalogSnapshot, lanes: Lanes,
+                    shadowed: frozenset[str]) -> Callable[[UnitView], Federated | NotFederated | None] | None:
+        federator = self.federator
+        if federator is None or not lanes.primary:
+            return None
+        moved = lanes.primary
+
+        def plan(view: UnitView) -> Federated | NotFederated | None:
+            texts: list[tuple[str, int, frozenset[int] | None]] = []
+            idents = iter(view.routed.identifications)
+            for item, analysis in zip(view.items, view.routed.analyses, strict=True):
+                if is_prepare(item.sql):
+                    return None  # a definition: its EXECUTE is routed as the query
+                for index, stmt in enumerate(analysis.statements):
+                    shops = next(idents).shops
+                    if not touches_tenant(stmt.tables, snapshot.tenant_tables, shadowed):
+                        continue
+                    if stmt.kind != "select" or not stmt.understood or stmt.has_write or stmt.has_locking:
+                        if needs_federation(moved, shops):
+                            return None  # a write or a lock on moved shops' rows: refused as before
+                        continue
+                    texts.append((item.sql, index, shops))
+            return federator.plan(texts, moved, snapshot.federation, snapshot.tenant_tables, shadowed,
+                                  snapshot.version)
+
+        return plan
 
     # --- write routing and the readiness recorder ---------------------------------------
     def _lanes_for(self, snapshot: CatalogSnapshot) -> Lanes:
@@ -368,6 +408,9 @@ class Dispatcher:
         self.stats.decisions[(decision.target, decision.reason)] += 1
         if decision.source:
             self.stats.sources[decision.source] += 1
+        note = decision.note
+        if isinstance(note, RefusedNote):  # the readiness of retirement: refused while cut over
+            self.conflicts.tally.refused(note.shops, note.fingerprint, note.texts)
 
     # --- shadow reads -----------------------------------------------------------------
     def _maybe_shadow(
@@ -412,6 +455,26 @@ class Dispatcher:
 
 
 _KINDS = frozenset({"select", "insert", "update", "delete"})
+#: Refusals that the shop's cutover brought (recorded: they would be refused once it is retired too).
+_RECORDED_REFUSALS = frozenset({"refused", "unplaced", "federation_refused"})
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedNote:
+    shops: tuple[int, ...]
+    fingerprint: str
+    texts: tuple[str, ...]
+
+
+def _noted_refusal(decision: Decision, lanes: Lanes, routed: RoutedUnit,
+                   items: Sequence[BatchItem]) -> Decision:
+    """A refusal that a moved shop brought carries what the recorder counts (shop, fingerprint, sample)."""
+    if not isinstance(decision, Refuse) or decision.reason not in _RECORDED_REFUSALS or not lanes.primary:
+        return decision
+    shop = decision.shop_id
+    shops = (shop,) if shop is not None and shop in lanes.primary else (ANY_SHOP,)
+    fingerprint = " ".join(a.fingerprint or "?" for a in routed.analyses)
+    return dataclasses.replace(decision, note=RefusedNote(shops, fingerprint, tuple(i.sql for i in items)))
 
 
 def _autocommit_read(routed: RoutedUnit, facts: SessionFacts, lanes: Lanes) -> bool:

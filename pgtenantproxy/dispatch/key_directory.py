@@ -41,7 +41,7 @@ import asyncpg
 
 from pgtenantproxy.dispatch.key_facts import KeyFacts
 from pgtenantproxy.routing.keys import PENDING, KeyShop, canonical
-from pgtenantproxy.tenancy.sql import QualifiedName, ident
+from pgtenantproxy.sqltext import QualifiedName, ident
 
 logger = logging.getLogger(__name__)
 

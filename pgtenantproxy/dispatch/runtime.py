@@ -36,6 +36,7 @@ import asyncpg
 from pgtenantproxy.config import Config, TenantServerSection
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.dispatcher import Dispatcher, MirrorView
+from pgtenantproxy.dispatch.federation import Federator
 from pgtenantproxy.dispatch.items import unit_items
 from pgtenantproxy.dispatch.key_directory import KeyDirectory
 from pgtenantproxy.dispatch.routing_state import EffectiveStrategy, RoutingState, effective, effective_routing
@@ -91,6 +92,8 @@ class RoutingRuntime:
         dispatcher.hold_timeout = config.routing.write_hold_timeout_ms / 1000
         dispatcher.conflicts.start(tenancy.pool)
         dispatcher.keys = await _key_directory(config, tenancy)
+        dispatcher.federator = Federator(max_shops=config.federation.max_shops_per_query,
+                                         tenant_column=config.tenancy.tenant_column)
         runtime = cls(config, tenancy, catalog, pools, unified_pools, dispatcher, None, state)
         runtime._apply_shadow(config)
         catalog.on_change.append(runtime._on_catalog)
@@ -155,6 +158,8 @@ class RoutingRuntime:
         d.log_inconsistencies = config.routing.log_inconsistencies
         d.fallback_enabled = config.routing.enable_fallback
         d.hold_timeout = config.routing.write_hold_timeout_ms / 1000
+        if d.federator is not None:
+            d.federator.max_shops = config.federation.max_shops_per_query
         if d.keys is not None:
             d.keys.cache_size = config.routing.key_cache_size
             d.keys.timeout = config.routing.key_lookup_timeout_ms / 1000

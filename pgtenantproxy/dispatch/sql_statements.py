@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pgtenantproxy.routing import BatchItem
 from pgtenantproxy.routing.identify import BoundParams
 from pgtenantproxy.routing.sql_prepared import PreparedSql, definition, execution
-from pgtenantproxy.tenancy.sql import ident
+from pgtenantproxy.sqltext import ident
 
 _FORGET = re.compile(r"\s*(?:deallocate\s+(?:prepare\s+)?(?P<name>\S+?)|(?P<discard>discard\s+all))\s*;?\s*$",
                      re.IGNORECASE)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot
 from pgtenantproxy.dispatch.copy_columns import CopyColumns
 from pgtenantproxy.dispatch.copy_routing import UNIFIED_AS_USUAL, copy_decision
+from pgtenantproxy.dispatch.federation import Federated, NotFederated
 from pgtenantproxy.lifecycle.phases import MIRRORED, OWN_DATABASE
 from pgtenantproxy.protocol import constants as c
 from pgtenantproxy.protocol.batch import Unit
@@ -60,6 +61,7 @@ from pgtenantproxy.session.decision import (
     Refusal,
     Refuse,
     ToTenant,
+    ToUnified,
 )
 from pgtenantproxy.session.facts import SessionFacts
 
@@ -117,6 +119,7 @@ def write_decision(
     *,
     held: Callable[[int], Callable[[], bool]],
     hold_s: float,
+    federate: Callable[[UnitView], Federated | NotFederated | None] | None = None,
 ) -> Decision | None:
     if (copy := copy_decision(view, facts, lanes, tenant_tables, held=held, hold_s=hold_s)) is not None:
         return None if copy is UNIFIED_AS_USUAL else copy  # COPY: see copy_routing
@@ -143,8 +146,22 @@ def write_decision(
         if written:
             shop = min(written)
             return _refuse(shop, _unified_message(shop, facts), kind, table)
+        federated = None if federate is None else federate(view)
+        if federated is not None:
+            return _federated(view, facts, federated)
         return _unplaced(view, facts, lanes, tenant_tables)
     return None
+
+
+def _federated(view: UnitView, facts: SessionFacts, federated: Federated | NotFederated) -> Decision:
+    """A read that needs moved shops: run on unified, rewritten (while a transaction waits for its first
+    shop: aside, the transaction still deferred), or refused with the reason."""
+    kind, table = view.label
+    if isinstance(federated, NotFederated):
+        return Refuse(federated.shop_id, "federation_refused", kind=kind, table=table, error=federated.error)
+    if facts.deferred_begin is not None and _deferred_read(view, facts, federated=True):
+        return Aside(reason=DEFERRED_READ, kind=kind, table=table, rewrites=federated.rewrites)
+    return ToUnified(None, "federated", kind=kind, table=table, rewrites=federated.rewrites)
 
 
 _WHY = {
@@ -233,13 +250,15 @@ def _local_answer(view: UnitView, facts: SessionFacts, lanes: Lanes) -> Decision
     return None if replayed is None else AnswerDeferred(reason="deferred_statement", tag=replayed, sql=sql)
 
 
-def _deferred_read(view: UnitView, facts: SessionFacts) -> bool:
+def _deferred_read(view: UnitView, facts: SessionFacts, *, federated: bool = False) -> bool:
     """A plain read of global tables (or of no table) while the transaction waits for its first shop:
     run aside on unified (its own snapshot: the same rows a READ COMMITTED transaction would see), the
     transaction still deferred. Not at REPEATABLE READ or SERIALIZABLE (one snapshot for the
     transaction), nor for anything that locks, writes or calls outside the read allow-list."""
     statements = view.routed.statements[1:]  # after the lazy BEGIN
-    if not statements or view.unit.pinned or not view.unit.complete or view.touch.shops or view.touch.unknown:
+    if not statements or view.unit.pinned or not view.unit.complete:
+        return False
+    if not federated and (view.touch.shops or view.touch.unknown):
         return False
     if not all(s.read_only for s in statements):
         return False

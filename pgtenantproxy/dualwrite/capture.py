@@ -47,7 +47,7 @@ import asyncpg
 
 from pgtenantproxy.dualwrite.errors import CaptureError
 from pgtenantproxy.dualwrite.schema import APPLY_SETTING, SCHEMA_LOCK, ensure_dualwrite_schema
-from pgtenantproxy.tenancy.sql import QualifiedName, ident, literal
+from pgtenantproxy.sqltext import QualifiedName, ident, literal
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import ColumnInfo, TableInfo, dependency_order
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 _TABLES = """
 SELECT t.tbl, t.schema_name, t.table_name, t.tenant_column, t.pk_columns,

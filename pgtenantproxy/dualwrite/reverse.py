@@ -60,7 +60,7 @@ from pgtenantproxy.tenancy.control_schema import shop_lock_key
 from pgtenantproxy.tenancy.errors import PlacementError
 from pgtenantproxy.tenancy.registry import ConnectionRegistry
 from pgtenantproxy.tenancy.servers import ServerDirectory
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 logger = logging.getLogger(__name__)
 

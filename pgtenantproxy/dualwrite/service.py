@@ -53,7 +53,7 @@ from pgtenantproxy.dualwrite.targets import TenantTargets
 from pgtenantproxy.dualwrite.worker import MirrorWorker
 from pgtenantproxy.lifecycle.audit import audit
 from pgtenantproxy.tenancy.service import TenancyService
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 logger = logging.getLogger(__name__)
 

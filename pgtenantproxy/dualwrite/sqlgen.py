@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgtenantproxy.tenancy.sql import QualifiedName, ident
+from pgtenantproxy.sqltext import QualifiedName, ident
 
 
 @dataclass(frozen=True)

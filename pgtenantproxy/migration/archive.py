@@ -36,7 +36,7 @@ import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.lifecycle.errors import MigrationError
-from pgtenantproxy.tenancy.sql import ident, literal
+from pgtenantproxy.sqltext import ident, literal
 
 MANIFEST = "manifest.json"
 FORMAT = "binary"

@@ -54,7 +54,7 @@ from pgtenantproxy.migration.progress import ESTIMATE, SHOP_DONE, ProgressEvent,
 from pgtenantproxy.migration.throttle import TokenBucket
 from pgtenantproxy.tenancy.errors import describe
 from pgtenantproxy.tenancy.service import TenancyService
-from pgtenantproxy.tenancy.sql import ident
+from pgtenantproxy.sqltext import ident
 
 logger = logging.getLogger(__name__)
 

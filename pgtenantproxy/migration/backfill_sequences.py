@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.tenancy.sql import ident
+from pgtenantproxy.sqltext import ident
 
 logger = logging.getLogger(__name__)
 

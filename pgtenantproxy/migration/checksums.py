@@ -32,7 +32,7 @@ import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.migration.keyranges import KeyRange, key_json, range_condition, ranges
-from pgtenantproxy.tenancy.sql import ident
+from pgtenantproxy.sqltext import ident
 
 #: Both sides print values the same way under these.
 SESSION_SETTINGS = {

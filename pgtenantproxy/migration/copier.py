@@ -36,7 +36,7 @@ from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.migration.keyranges import KeyRange, boundaries, key_columns, range_condition, ranges
 from pgtenantproxy.migration.throttle import TokenBucket
-from pgtenantproxy.tenancy.sql import ident, literal
+from pgtenantproxy.sqltext import ident, literal
 
 PIPE_DEPTH = 8  # COPY data messages buffered between the source and the target
 FIRST_USER_OID = 16384

@@ -35,7 +35,7 @@ import asyncpg
 from pgtenantproxy.config import TenancySection
 from pgtenantproxy.lifecycle.keys import FkProof, ForeignKey, read_fk_proofs, record_fk_proof
 from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
-from pgtenantproxy.tenancy.sql import QualifiedName, ident
+from pgtenantproxy.sqltext import QualifiedName, ident
 
 MAX_SAMPLES = 5
 

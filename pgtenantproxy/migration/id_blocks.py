@@ -36,7 +36,7 @@ from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.lifecycle.keys import record_id_blocks
 from pgtenantproxy.migration.backfill_sequences import OWNED_SEQUENCES as _OWNED
-from pgtenantproxy.tenancy.sql import QualifiedName, ident
+from pgtenantproxy.sqltext import QualifiedName, ident
 
 logger = logging.getLogger(__name__)
 

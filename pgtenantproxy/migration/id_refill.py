@@ -56,7 +56,7 @@ from pgtenantproxy.migration.tables import ordered_tables
 from pgtenantproxy.tenancy.control_schema import shop_lock_key
 from pgtenantproxy.tenancy.errors import TenancyError
 from pgtenantproxy.tenancy.service import TenancyService
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ of a shop are replaced at each retirement and removed when the shop is
 restored (its rows are back in unified).
 
 Every SQL text that names a table or column is built through
-:func:`~pgtenantproxy.tenancy.sql.ident` / ``QualifiedName.sql``.
+:func:`~pgtenantproxy.sqltext.ident` / ``QualifiedName.sql``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import ColumnInfo, TableInfo
 from pgtenantproxy.migration.checksums import set_local_sql
-from pgtenantproxy.tenancy.sql import ident
+from pgtenantproxy.sqltext import ident
 
 #: Key types written as ranges (``format_type`` spelling).
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})

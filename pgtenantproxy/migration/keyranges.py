@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.tenancy.sql import ident, literal
+from pgtenantproxy.sqltext import ident, literal
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pgtenantproxy.dualwrite.capture import CapturedTable, installed_tables
 from pgtenantproxy.dualwrite.reverse import ReversePending, reverse_pending, wait_reverse_drained
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.tenancy.service import TenancyService
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 __all__ = ["ReversePending", "install_reverse_capture", "remove_reverse_capture", "reverse_capture_installed",
            "reverse_pending", "tenant_admin", "wait_reverse_drained"]

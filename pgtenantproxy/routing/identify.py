@@ -24,7 +24,7 @@ the first listed source that names the shop.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pgtenantproxy.routing.model import SHOP_SETTING, Analysis, ShopRef, StatementAnalysis
 from pgtenantproxy.routing.session_shop import SessionShop
@@ -68,6 +68,9 @@ class Identification:
     #: "identified", or why not: no_shop, unpinned_table, multiple_shops, conflict,
     #: unresolved (a $n without a usable value), invalid_claim.
     reason: str
+    #: The shops the statement may touch when its pins (or a claim) say so; None: any shop. (Derived
+    #: from the same evidence: not part of equality.)
+    shops: frozenset[int] | None = field(default=None, compare=False)
 
     @property
     def identified(self) -> bool:
@@ -225,6 +228,13 @@ class QueryShops:
     #: Every tenant-table occurrence is restricted to keys that exist nowhere: it touches no row.
     nowhere: bool = False
 
+    @property
+    def covered(self) -> frozenset[int] | None:
+        """The shops every tenant-table occurrence is pinned to (None: some occurrence may be any)."""
+        if self.nowhere:
+            return frozenset()
+        return None if self.unpinned or self.unresolved or self.pending else self.shops
+
 
 def query_shops(stmt: StatementAnalysis, params: BoundParams | None, tenant_tables: Set[str]) -> QueryShops:
     shops: set[int] = set()
@@ -243,8 +253,8 @@ def query_shops(stmt: StatementAnalysis, params: BoundParams | None, tenant_tabl
     return QueryShops(frozenset(shops), unpinned, unresolved)
 
 
-def _none(reason: str) -> Identification:
-    return Identification(None, None, reason)
+def _none(reason: str, query: QueryShops | None = None) -> Identification:
+    return Identification(None, None, reason, None if query is None else query.covered)
 
 
 def identify(
@@ -267,7 +277,7 @@ def identify(
     if query.unresolved:
         return _none("unresolved")
     if len(query.shops) > 1:
-        return _none("multiple_shops")
+        return _none("multiple_shops", query)
     declared = [c for c in claims if c is not None and c.source in order]
     if any(c.shop_id is None for c in declared):
         return _none("invalid_claim")
@@ -276,10 +286,10 @@ def identify(
         return _none("conflict")
     use_query = "query" in order and bool(query.shops)
     if not declared and not use_query:
-        return _none("nowhere" if query.nowhere else "no_shop")
+        return _none("nowhere" if query.nowhere else "no_shop", query)
     if not declared and query.unpinned:
-        return _none("unpinned_table")
+        return _none("unpinned_table", query)
     (shop,) = named
     speakers = {c.source for c in declared} | ({"query"} if use_query else set())
     source = next(s for s in order if s in speakers)
-    return Identification(shop, source, "identified")
+    return Identification(shop, source, "identified", frozenset((shop,)))

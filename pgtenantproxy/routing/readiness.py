@@ -37,6 +37,9 @@ GLOBAL = "global"
 CROSS_SHOP = "cross_shop"
 #: A statement that could not be placed on one database once the shop owns its rows (reads too).
 UNPLACED = "unplaced"
+#: A statement the proxy refused while the shop's rows were on its own database (tenant_primary):
+#: it would be refused once the shop is retired too (``retire`` waits for none to be seen).
+REFUSED = "refused"
 #: The shop id under which statements that name no shop are recorded: they concern every shop.
 ANY_SHOP = -1
 
@@ -137,14 +140,21 @@ class ConflictTally:
     def add(self, trace: TxTrace, pairs: Iterable[tuple[int, str]]) -> None:
         fingerprint = trace.fingerprint or "?"
         for shop, kind in pairs:
-            key = (shop, kind, fingerprint)
-            entry = self.counts.get(key)
-            if entry is not None:
-                entry.count += 1
-            elif len(self.counts) < MAX_KEYS:
-                self.counts[key] = _Entry(1, trace.sample())
-            else:
-                self.dropped += 1
+            self._count((shop, kind, fingerprint), trace.sample)
+
+    def refused(self, shops: Iterable[int], fingerprint: str, texts: Iterable[str]) -> None:
+        """A statement refused while ``shops`` (``ANY_SHOP``: it named none) owned their rows."""
+        for shop in shops:
+            self._count((shop, REFUSED, fingerprint), lambda: _bounded("; ".join(map(_normalize, texts))))
+
+    def _count(self, key: tuple[int, str, str], sample: Callable[[], str]) -> None:
+        entry = self.counts.get(key)
+        if entry is not None:
+            entry.count += 1
+        elif len(self.counts) < MAX_KEYS:
+            self.counts[key] = _Entry(1, sample())
+        else:
+            self.dropped += 1
 
     def take(self) -> list[Row]:
         """``(shop, kind, fingerprint, sample, count)`` rows counted so far; the tally starts again."""

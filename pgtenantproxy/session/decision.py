@@ -71,8 +71,15 @@ class Decision:
         return self.target is Target.TENANT
 
 
+#: (the client's SQL text, the text unified runs instead) pairs: a federated read.
+Rewrites = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class ToUnified(Decision):
+    #: Texts unified runs instead of the client's (federated reads): applied to the unit's Query/Parse
+    #: messages and to the statements it binds.
+    rewrites: Rewrites = ()
     target: ClassVar[Target] = Target.UNIFIED
 
 
@@ -147,6 +154,7 @@ class AnswerLocal(Decision):
 
 @dataclass(frozen=True, slots=True)
 class Aside(Decision):
+    rewrites: Rewrites = ()
     target: ClassVar[Target] = Target.ASIDE
 
 

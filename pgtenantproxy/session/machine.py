@@ -63,6 +63,7 @@ from pgtenantproxy.session.decision import (
     Hold,
     Refusal,
     Refuse,
+    Rewrites,
     ToTenant,
     ToUnified,
 )
@@ -76,6 +77,7 @@ from pgtenantproxy.session.refusals import (
     primary_unavailable,
     tenant_unavailable,
 )
+from pgtenantproxy.session.rewrite import rewritten
 from pgtenantproxy.session.runs import (
     HeldUnit,
     TenantRun,
@@ -250,6 +252,9 @@ class SessionMachine:
                 self._await_drain = True  # the proxy's own batch must not overtake owed answers
                 break
             decision = self._decide(unit)
+            if _rewrites(decision) and (self.owed or self._flushed_unanswered):
+                self._await_drain = True  # its statements are parsed again first, in a batch of the proxy's
+                break
             if self._linger is not None and not self._uses_linger(decision):
                 self._release_linger()
             if not isinstance(decision, ToUnified):
@@ -367,25 +372,25 @@ class SessionMachine:
 
     # --- unified ----------------------------------------------------------------------------
     def _send_unified(self, unit: Unit, decision: Decision) -> None:
-        self._prepare_unified(unit)
+        sent = self._prepare_unified(unit, decision)
         begin = self.facts.deferred_begin
         if begin is not None:  # the client got its answers already: skip the server's
             replay = self.facts.deferred_replay
             self._move_tx(TxEvent.BEGIN_SENT)
             self._answers.expect(ReplyFilter())
             self.fx.to_unified(Query("; ".join((begin, *replay))).build())
-        self._write_unified(unit)
+        self._write_unified(sent)
         if unit.complete and not self._copies.absorbs(unit):
             self._owe(unit, decision)
 
     def _send_aside(self, unit: Unit, decision: Decision) -> None:
         """Parse/Describe only, outside the deferred transaction: unified answers, the client's
         ReadyForQuery keeps saying it is in a transaction."""
-        self._prepare_unified(unit)
+        sent = self._prepare_unified(unit, decision)
         deferred_read = decision.reason == DEFERRED_READ
         self._answers.expect(ReplyFilter(rewrite_to=c.TX_IN_BLOCK,
                                          failed_to=c.TX_FAILED if deferred_read else None))
-        self._write_unified(unit)
+        self._write_unified(sent)
         self._owe(unit, ToUnified(decision.shop_id, decision.reason, decision.source, decision.kind,
                                   decision.table))
         self._await_drain = self._await_drain or deferred_read
@@ -430,15 +435,21 @@ class SessionMachine:
             and self.facts.tx_status != c.TX_FAILED
         )
 
-    def _prepare_unified(self, unit: Unit) -> None:
+    def _prepare_unified(self, unit: Unit, decision: Decision | None = None) -> Unit:
         """Statements ``unit`` uses that unified lacks: parsed first (not in a failed transaction,
-        where the Parse would fail, and the unit with it; never inside the client's open batch)."""
+        where the Parse would fail, and the unit with it; never inside the client's open batch).
+        The unit as unified runs it is returned (a federated read's texts rewritten)."""
+        client = self.facts.statements
+        rewrites = _rewrites(decision)
+        if rewrites:
+            unit, client = rewritten(unit, rewrites, client)
         if not self._preparable(unit):
-            return
-        plan = self._unified_statements.preparation(unit, self.facts.statements)
+            return unit
+        plan = self._unified_statements.preparation(unit, client)
         if plan:
             self._answers.expect(ReplyFilter(quiet=True))
             self.fx.to_unified(plan + SYNC_MESSAGE)
+        return unit
 
     def _describe_aside(self, unit: Unit) -> None:
         """A Flush-split Parse/Describe (asyncpg's prepare) in a moved transaction: unified describes it.
@@ -786,3 +797,7 @@ class SessionMachine:
     def _close(self, reason: str) -> None:
         self._advance(Event.CLOSE)
         self.fx.end(reason)
+
+
+def _rewrites(decision: Decision | None) -> Rewrites:
+    return decision.rewrites if isinstance(decision, ToUnified | Aside) else ()

@@ -270,6 +270,24 @@ MIGRATIONS: tuple[ControlMigration, ...] = (
             FOR EACH STATEMENT EXECUTE FUNCTION pgtenantproxy.notify_routing();
         """,
     ),
+    ControlMigration(
+        6,
+        "federated reads: foreign tables of cut-over shops on unified; statements refused after cutover",
+        """
+        CREATE TABLE pgtenantproxy.federation (
+            shop_id     bigint PRIMARY KEY,
+            signature   text NOT NULL,
+            tables      integer NOT NULL,
+            updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        CREATE TRIGGER federation_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+            ON pgtenantproxy.federation
+            FOR EACH STATEMENT EXECUTE FUNCTION pgtenantproxy.notify_routing();
+        ALTER TABLE pgtenantproxy.cutover_conflicts DROP CONSTRAINT cutover_conflicts_kind_check;
+        ALTER TABLE pgtenantproxy.cutover_conflicts ADD CONSTRAINT cutover_conflicts_kind_check
+            CHECK (kind IN ('global', 'cross_shop', 'unplaced', 'refused'));
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from pgtenantproxy.lifecycle.audit import audit
-from pgtenantproxy.tenancy.sql import QualifiedName, ident, literal
+from pgtenantproxy.sqltext import QualifiedName, ident, literal
 
 TRIGGER = "pgtenantproxy_tenant_immutable"
 OWNER_INDEX = "pgtenantproxy_one_owner_per_shop"

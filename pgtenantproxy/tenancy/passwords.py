@@ -6,7 +6,7 @@ parameters. Rather than splice the plaintext into the statement (where
 computes the ``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``
 verifier itself and sends that: PostgreSQL stores a verifier as given, and the
 plaintext never travels in SQL. The verifier only holds base64 characters,
-``$`` and ``:``, and is still quoted with :func:`~pgtenantproxy.tenancy.sql.literal`.
+``$`` and ``:``, and is still quoted with :func:`~pgtenantproxy.sqltext.literal`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import secrets
 
 import scramp
 
-from pgtenantproxy.tenancy.sql import ident, literal
+from pgtenantproxy.sqltext import ident, literal
 
 ITERATIONS = 4096
 SALT_BYTES = 16

@@ -39,7 +39,7 @@ from pgtenantproxy.tenancy.schema_model import (
     SequenceSpec,
     TableSpec,
 )
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pgtenantproxy", "pg_toast")
 

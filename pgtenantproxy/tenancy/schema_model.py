@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgtenantproxy.tenancy.sql import QualifiedName, ident, literal
+from pgtenantproxy.sqltext import QualifiedName, ident, literal
 
 PIN_CONSTRAINT = "pgtenantproxy_tenant_pin"
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint", "numeric"})

@@ -35,7 +35,7 @@ from pgtenantproxy.tenancy.schema_migrations import (
     load_migrations,
 )
 from pgtenantproxy.tenancy.servers import ServerDirectory, unified_pool
-from pgtenantproxy.tenancy.sql import QualifiedName, ident
+from pgtenantproxy.sqltext import QualifiedName, ident
 from pgtenantproxy.tenancy.tenant_objects import database_options
 
 

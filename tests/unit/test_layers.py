@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2] / "pgtenantproxy"
 
 #: Lowest first. A package may import from any layer strictly below its own (and from itself).
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"__init__", "protocol", "config", "embedded", "sample"}),
+    frozenset({"__init__", "protocol", "config", "embedded", "sample", "sqltext"}),
     frozenset({"net", "lifecycle", "session", "routing", "reload", "web"}),
     frozenset({"pools", "tenancy"}),
     frozenset({"dualwrite"}),

@@ -31,7 +31,7 @@ from pgtenantproxy.tenancy.schema_model import (
     render_ddl,
 )
 from pgtenantproxy.tenancy.servers import TenantServer, choose_server
-from pgtenantproxy.tenancy.sql import QualifiedName, ident, literal
+from pgtenantproxy.sqltext import QualifiedName, ident, literal
 
 
 def test_identifiers_and_literals_are_quoted_like_postgresql() -> None:

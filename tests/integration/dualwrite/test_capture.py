@@ -17,7 +17,7 @@ from pgtenantproxy.config import parse_config
 from pgtenantproxy.dualwrite.capture import TRIGGERS, enable_capture, installed_tables
 from pgtenantproxy.dualwrite.errors import CaptureError
 from pgtenantproxy.dualwrite.service import DualWriteService
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 from tests.integration.dualwrite.bed import ENV, TABLES, MirrorBed, differences
 
 

@@ -25,7 +25,7 @@ from pgtenantproxy.migration.fk_proofs import proof_line, prove_foreign_keys
 from pgtenantproxy.migration.key_directory import forget_key_directory, write_key_directory
 from pgtenantproxy.migration.readiness import readiness
 from pgtenantproxy.tenancy.control_schema import ensure_control_schema
-from pgtenantproxy.tenancy.sql import QualifiedName, ident
+from pgtenantproxy.sqltext import QualifiedName, ident
 
 SCHEMA = 'Odd "schema"'
 SHOP = "shop id"  # the tenant column, with a space

@@ -11,7 +11,7 @@ from pgtenantproxy.dualwrite.errors import TargetUnavailable, is_transient
 from pgtenantproxy.dualwrite.outbox import plan
 from pgtenantproxy.dualwrite.retry import RetryPolicy
 from pgtenantproxy.dualwrite.stats import Histogram, MirrorStats
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 
 def test_the_seed_schedule_tries_four_times_over_seven_seconds() -> None:

@@ -11,7 +11,7 @@ from pgtenantproxy.dualwrite.sqlgen import (
     select_rows_sql,
     upsert_sql,
 )
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 ID = ColumnInfo("id", "bigint", identity_always=True)
 TAG = ColumnInfo("tag", "text")

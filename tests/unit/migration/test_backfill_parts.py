@@ -14,7 +14,7 @@ from pgtenantproxy.migration.copier import TablePlan, select_sql
 from pgtenantproxy.migration.keyranges import KeyRange
 from pgtenantproxy.migration.progress import CHUNK, ProgressEvent, ProgressFeed
 from pgtenantproxy.migration.throttle import TokenBucket
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 
 class Clock:

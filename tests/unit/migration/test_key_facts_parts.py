@@ -11,7 +11,7 @@ from pgtenantproxy.migration.fk_proofs import fk_label, proof_dict, proof_line
 from pgtenantproxy.migration.key_directory import NOT_ROUTED, RANGES, TEXT, islands_sql, kind, text_keys_sql
 from pgtenantproxy.migration.readiness import Readiness
 from pgtenantproxy.migration.verify_report import VerificationReport
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 
 def table(pk: tuple[ColumnInfo, ...], name: str = "repairs") -> TableInfo:

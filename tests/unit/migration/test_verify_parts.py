@@ -29,7 +29,7 @@ from pgtenantproxy.migration.verify_report import (
     TableVerification,
     VerificationReport,
 )
-from pgtenantproxy.tenancy.sql import QualifiedName
+from pgtenantproxy.sqltext import QualifiedName
 
 TAGS = TableInfo(
     label="public.account_tags", name=QualifiedName("public", "account_tags"), tenant_column="shop_id",
