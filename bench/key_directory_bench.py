@@ -54,8 +54,8 @@ import asyncpg
 from pgtenantproxy.dualwrite.sqlgen import ColumnInfo, TableInfo
 from pgtenantproxy.embedded import PgCluster, create_cluster
 from pgtenantproxy.migration.key_directory import write_key_directory
-from pgtenantproxy.tenancy.control_schema import ensure_control_schema
 from pgtenantproxy.sqltext import QualifiedName
+from pgtenantproxy.tenancy.control_schema import ensure_control_schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ITEMS = TableInfo(

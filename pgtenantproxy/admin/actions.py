@@ -225,11 +225,14 @@ def parse_some_shops(body: dict[str, Any]) -> list[int]:
     return shops
 
 
-def parse_retire(body: dict[str, Any]) -> tuple[list[int] | None, bool]:
-    dry_run = body.get("dry_run", False)
+def parse_retire(body: dict[str, Any]) -> tuple[list[int] | None, bool, bool]:
+    """``(shops, dry_run, force)``: ``{"shop_ids": [...]}`` or ``{"all": true}``; ``dry_run``, ``force``."""
+    dry_run, force = body.get("dry_run", False), body.get("force", False)
     if not isinstance(dry_run, bool):
         raise BadRequest("dry_run must be true or false")
-    return parse_shops(body), dry_run
+    if not isinstance(force, bool):
+        raise BadRequest("force must be true or false")
+    return parse_shops(body), dry_run, force
 
 
 async def cutover(
@@ -257,10 +260,11 @@ async def rollback(
 async def retire_legacy(
     runtime: RoutingRuntime, config: Config, body: dict[str, Any], actor: str, job: Job
 ) -> dict[str, Any]:
-    shops, dry_run = parse_retire(body)
-    report = await retire_shops(runtime.tenancy, shops, config=config, dry_run=dry_run, actor=actor)
+    shops, dry_run, force = parse_retire(body)
+    report = await retire_shops(runtime.tenancy, shops, config=config, dry_run=dry_run, force=force,
+                                actor=actor)
     answer = report.as_dict()
-    await record(runtime, "retire-legacy", actor, "ok", shops=shops or "all", dry_run=dry_run)
+    await record(runtime, "retire-legacy", actor, "ok", shops=shops or "all", dry_run=dry_run, force=force)
     return answer
 
 

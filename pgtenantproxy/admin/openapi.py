@@ -158,7 +158,11 @@ def _migration_schemas() -> dict[str, Any]:
         },
         "Retire": {
             "allOf": [_ref("Shops"), {"type": "object", "properties": {
-                "dry_run": {"type": "boolean", "description": "report what would happen, change nothing"}}}],
+                "dry_run": {"type": "boolean", "description":
+                            "report what would happen (the gate's verdicts, the rows, the statements refused "
+                            "while tenant_primary), change nothing"},
+                "force": {"type": "boolean", "description": "retire even when the proxies refused statements "
+                          "touching the shop within [migration] readiness_window_s (audited as forced)"}}}],
         },
     }
 
@@ -237,7 +241,8 @@ def document() -> dict[str, Any]:
             _ref("Shops"))},
         f"{PREFIX}/retire-legacy": {"post": _job(
             "Archive shops' legacy rows and delete them from unified (gate: tenant_primary, reverse mirror "
-            "drained, verified identical); 202 with the job", _ref("Retire"))},
+            "drained, no refused statements within the readiness window unless force, verified identical); "
+            "202 with the job", _ref("Retire"))},
         f"{PREFIX}/restore": {"post": _job(
             "Bring retired shops' rows back into unified from their archive, verified; 202 with the job",
             _ref("Shops"))},

@@ -311,7 +311,7 @@ class Dispatcher:
                         continue
                     texts.append((item.sql, index, shops))
             return federator.plan(texts, moved, snapshot.federation, snapshot.tenant_tables, shadowed,
-                                  snapshot.version)
+                                  snapshot.version, view.label[1])
 
         return plan
 
@@ -471,8 +471,14 @@ def _noted_refusal(decision: Decision, lanes: Lanes, routed: RoutedUnit,
     """A refusal that a moved shop brought carries what the recorder counts (shop, fingerprint, sample)."""
     if not isinstance(decision, Refuse) or decision.reason not in _RECORDED_REFUSALS or not lanes.primary:
         return decision
-    shop = decision.shop_id
-    shops = (shop,) if shop is not None and shop in lanes.primary else (ANY_SHOP,)
+    named: set[int] = {decision.shop_id} & lanes.primary if decision.shop_id is not None else set()
+    anywhere = False
+    for ident in routed.identifications:
+        if ident.shops is None:
+            anywhere = True
+        else:
+            named |= ident.shops & lanes.primary
+    shops = (*sorted(named), *((ANY_SHOP,) if anywhere or not named else ()))
     fingerprint = " ".join(a.fingerprint or "?" for a in routed.analyses)
     return dataclasses.replace(decision, note=RefusedNote(shops, fingerprint, tuple(i.sql for i in items)))
 

@@ -76,7 +76,7 @@ class Federator:
 
     def plan(self, texts: list[tuple[str, int, frozenset[int] | None]], moved: frozenset[int],
              facts: FederationFacts, tenant_tables: Set[str], shadowed: Set[str],
-             version: int) -> Federated | NotFederated | None:
+             version: int, table: str = "") -> Federated | NotFederated | None:
         """``texts``: (SQL text, statement index in it, the shops it may touch) for every statement that
         touches tenant tables and is a plain read. None: nothing to federate."""
         merged: dict[str, dict[int, frozenset[int] | None]] = {}
@@ -92,7 +92,7 @@ class Federator:
         rewrites = []
         for sql, plans in merged.items():
             for shops in plans.values():
-                refusal = self._check(moved if shops is None else moved & shops, facts)
+                refusal = self._check(moved if shops is None else moved & shops, facts, table)
                 if refusal is not None:
                     return refusal
                 remote.update(moved if shops is None else moved & shops)
@@ -106,17 +106,20 @@ class Federator:
             rewrites.append((sql, text))
         return Federated(tuple(rewrites), frozenset(remote))
 
-    def _check(self, remote: frozenset[int], facts: FederationFacts) -> NotFederated | None:
+    def _check(self, remote: frozenset[int], facts: FederationFacts, table: str) -> NotFederated | None:
+        what = f"this read of {table}" if table else "this read"
         if len(remote) > self.max_shops:
             return NotFederated(None, Refusal(
-                NOT_ATOMIC, f"pgtenantproxy: this read needs the databases of {len(remote)} cut-over shops, "
+                NOT_ATOMIC, f"pgtenantproxy: {what} needs the databases of {len(remote)} cut-over shops, "
                             f"more than [federation] max_shops_per_query ({self.max_shops})", _HINT))
         missing = sorted(remote - facts.ready)
         if missing:
             return NotFederated(missing[0], Refusal(
-                NOT_ATOMIC, f"pgtenantproxy: this read needs shop {missing[0]}'s database, whose foreign "
-                            "tables on unified are not in step with unified's tables yet (being built)",
-                "Retry in a few seconds; see docs/routing.md, \"Federated reads\"."))
+                NOT_ATOMIC, f"pgtenantproxy: {what} needs shop {missing[0]}'s database, whose foreign "
+                            "tables on unified are not ready (not built yet, or behind a change of unified's "
+                            "tables)",
+                "The phase keeper builds them within [federation] refresh_interval_s; see docs/routing.md, "
+                "\"Federated reads\"."))
         return None
 
     def _rewrite(self, sql: str, plan: _Plan, moved: frozenset[int], facts: FederationFacts,

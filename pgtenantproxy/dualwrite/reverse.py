@@ -56,11 +56,11 @@ from pgtenantproxy.dualwrite.retry import RetryPolicy
 from pgtenantproxy.dualwrite.schema import LEASE_LOCK
 from pgtenantproxy.dualwrite.stats import MirrorStats, ShopGauge
 from pgtenantproxy.dualwrite.targets import TenantTargets
+from pgtenantproxy.sqltext import QualifiedName
 from pgtenantproxy.tenancy.control_schema import shop_lock_key
 from pgtenantproxy.tenancy.errors import PlacementError
 from pgtenantproxy.tenancy.registry import ConnectionRegistry
 from pgtenantproxy.tenancy.servers import ServerDirectory
-from pgtenantproxy.sqltext import QualifiedName
 
 logger = logging.getLogger(__name__)
 

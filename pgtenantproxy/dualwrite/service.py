@@ -52,8 +52,8 @@ from pgtenantproxy.dualwrite.status import MirrorStatus
 from pgtenantproxy.dualwrite.targets import TenantTargets
 from pgtenantproxy.dualwrite.worker import MirrorWorker
 from pgtenantproxy.lifecycle.audit import audit
-from pgtenantproxy.tenancy.service import TenancyService
 from pgtenantproxy.sqltext import QualifiedName
+from pgtenantproxy.tenancy.service import TenancyService
 
 logger = logging.getLogger(__name__)
 

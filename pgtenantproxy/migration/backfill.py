@@ -52,9 +52,9 @@ from pgtenantproxy.migration.backfill_shop import (
 from pgtenantproxy.migration.drain import wait_drained
 from pgtenantproxy.migration.progress import ESTIMATE, SHOP_DONE, ProgressEvent, ProgressFeed, Subscriber
 from pgtenantproxy.migration.throttle import TokenBucket
+from pgtenantproxy.sqltext import ident
 from pgtenantproxy.tenancy.errors import describe
 from pgtenantproxy.tenancy.service import TenancyService
-from pgtenantproxy.sqltext import ident
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ import asyncpg
 
 from pgtenantproxy.config import TenancySection
 from pgtenantproxy.lifecycle.keys import FkProof, ForeignKey, read_fk_proofs, record_fk_proof
-from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
 from pgtenantproxy.sqltext import QualifiedName, ident
+from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
 
 MAX_SAMPLES = 5
 

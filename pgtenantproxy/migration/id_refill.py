@@ -53,10 +53,10 @@ from pgtenantproxy.migration.id_blocks import (
 )
 from pgtenantproxy.migration.reverse_link import tenant_admin
 from pgtenantproxy.migration.tables import ordered_tables
+from pgtenantproxy.sqltext import QualifiedName
 from pgtenantproxy.tenancy.control_schema import shop_lock_key
 from pgtenantproxy.tenancy.errors import TenancyError
 from pgtenantproxy.tenancy.service import TenancyService
-from pgtenantproxy.sqltext import QualifiedName
 
 logger = logging.getLogger(__name__)
 

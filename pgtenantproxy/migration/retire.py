@@ -1,13 +1,16 @@
-"""Legacy retirement: ``pgtenantproxy retire --shop N | --all [--dry-run]`` and the admin API.
+"""Legacy retirement: ``pgtenantproxy retire --shop N | --all [--dry-run | --check] [--force]``, admin API.
 
 :func:`retire_shops` runs the gate (:mod:`.retire_gate`) for every shop asked
 for, ``[migration] jobs`` shops at a time; a shop that does not pass is
 ``blocked`` with its reasons and left alone. With ``dry_run`` that is all: the
-report lists, per shop, the gate's verdict and the rows per table that would
-leave unified; nothing is written (verification adds its usual audit rows).
-Otherwise each shop that passed is retired in turn (:mod:`.retire_shop`:
-archive, checksums, delete in one transaction, phase ``retired``, reverse
-capture off).
+report lists, per shop, the gate's verdict, the rows per table that would
+leave unified and the statements the proxies refused while it was
+``tenant_primary`` (they would be refused once retired too); nothing is
+written (verification adds its usual audit rows). Otherwise each shop that
+passed is retired in turn (:mod:`.retire_shop`: archive, checksums, delete in
+one transaction, phase ``retired``, reverse capture off). ``force`` lets the
+gate pass a shop with such refused statements (nothing else); the retirer
+audits that (status ``forced``, naming them) before it starts.
 
 ``--all`` (``shops=None``) takes every shop in ``tenant_primary``. When, after
 the run, no shop would be left outside ``retired`` (shops counted from the
@@ -49,6 +52,7 @@ async def retire_shops(
     *,
     config: Config | None = None,
     dry_run: bool = False,
+    force: bool = False,
     actor: str | None = None,
 ) -> RetirementReport:
     """Retire ``shops`` (None: every shop in ``tenant_primary``); the report, one entry per shop."""
@@ -58,7 +62,7 @@ async def retire_shops(
     async with tenancy.pool.acquire() as conn:
         phases = await read_phases(conn)
         tables = await ordered_tables(conn, purpose="retire")
-    report.shops = await _gate_all(tenancy, tables, config, select_shops(phases, shops), actor)
+    report.shops = await _gate_all(tenancy, tables, config, select_shops(phases, shops), actor, force)
     passed = {s.shop_id for s in report.shops if s.status == WOULD_RETIRE}
     if shops is None:
         report.every_shop_retired = await _every_shop_retired(tenancy, phases, passed, report)
@@ -76,8 +80,8 @@ def select_shops(phases: Mapping[int, ph.ShopPhase], shops: Sequence[int] | None
 
 
 async def _gate_all(tenancy: TenancyService, tables: list[TableInfo], config: Config,
-                    chosen: list[ph.ShopPhase], actor: str | None) -> list[ShopRetirement]:
-    gate = RetirementGate(tenancy, tables, config.migration, actor=actor)
+                    chosen: list[ph.ShopPhase], actor: str | None, force: bool) -> list[ShopRetirement]:
+    gate = RetirementGate(tenancy, tables, config.migration, actor=actor, force=force)
     slots = asyncio.Semaphore(config.migration.jobs)
 
     async def one(phase: ph.ShopPhase) -> ShopRetirement:

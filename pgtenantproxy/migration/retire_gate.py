@@ -8,7 +8,14 @@ check stops the rest, and every reason is reported):
 2. its reverse mirror is drained: the tenant database's outbox holds no entry
    of the shop (waited for up to ``[migration] drain_timeout_s``), so unified
    has every write the shop made (:mod:`.reverse_link`);
-3. with ``verify_before_retirement`` (the default), verification finds its
+3. no statement touching it (its id, or ``-1``: naming no shop) was refused by
+   the proxies within ``[migration] readiness_window_s`` (kind ``refused`` in
+   the readiness recorder, :mod:`.readiness`). Routing treats ``tenant_primary``
+   and ``retired`` shops alike, so those are exactly the statements that would
+   be refused once it is retired, when a rollback would first need a restore.
+   With ``force`` the shop passes anyway and is marked ``forced`` (the retirer
+   audits it); either way the report names the statements;
+4. with ``verify_before_retirement`` (the default), verification finds its
    tenant database identical to its rows in unified (:mod:`.verify`): any
    missing, extra or changed key, or a verification error, blocks it.
 
@@ -25,6 +32,7 @@ from pgtenantproxy.config import MigrationSection
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.lifecycle import phases as ph
 from pgtenantproxy.migration.archive import shop_condition
+from pgtenantproxy.migration.readiness import recorded_statements, tally, window_text
 from pgtenantproxy.migration.retire_report import ShopRetirement
 from pgtenantproxy.migration.reverse_link import reverse_pending, tenant_admin, wait_reverse_drained
 from pgtenantproxy.migration.verify import ShopVerifier
@@ -46,10 +54,11 @@ async def shop_rows(conn: asyncpg.Connection | asyncpg.Pool, tables: Sequence[Ta
 
 class RetirementGate:
     def __init__(self, tenancy: TenancyService, tables: list[TableInfo], section: MigrationSection,
-                 *, actor: str | None = None) -> None:
+                 *, actor: str | None = None, force: bool = False) -> None:
         self.tenancy = tenancy
         self.tables = tables
         self.section = section
+        self.force = force
         self.verifier = ShopVerifier(tenancy, tables, section, actor=actor)
 
     async def check(self, phase: ph.ShopPhase) -> ShopRetirement:
@@ -68,6 +77,12 @@ class RetirementGate:
             out.block(f"could not check its reverse mirror: {type(exc).__name__}: {exc}")
         if out.reasons:
             return out
+        try:
+            await self._refused(out)
+        except _FAILURES as exc:
+            out.block(f"could not read the statements the proxies refused: {type(exc).__name__}: {exc}")
+        if out.reasons:
+            return out
         await self._verify(phase, out)
         return out
 
@@ -82,6 +97,21 @@ class RetirementGate:
                           f"(waited {timeout:g} s)")
         finally:
             await conn.close(timeout=2.0)
+
+    async def _refused(self, out: ShopRetirement) -> None:
+        shop, window = out.shop_id, self.section.readiness_window_s
+        found = (await recorded_statements(self.tenancy.pool, [shop], window_s=window))[shop].refused
+        out.refused_statements = found
+        if not found:
+            return
+        what = (f"{tally(found)} touching shop {shop} were refused by the proxies (0A000) in the last "
+                f"{window_text(window)}")
+        if self.force:
+            out.forced = True
+            out.warnings.append(f"--force: {what}; they stay refused once it is retired")
+            return
+        out.block(f"{what}: they would be refused after its retirement too, when a rollback needs a restore "
+                  f"first; see retire --shop {shop} --check, or --force")
 
     async def _verify(self, phase: ph.ShopPhase, out: ShopRetirement) -> None:
         if not self.section.verify_before_retirement:

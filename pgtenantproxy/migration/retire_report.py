@@ -4,7 +4,10 @@ A shop ends in one of :data:`OUTCOMES`: ``retired`` (archived, deleted from
 unified, phase ``retired``), ``would retire`` (dry run, gate passed),
 ``blocked`` (the gate refused it: ``reasons`` say why; nothing was changed),
 ``failed`` (a step failed: nothing was deleted and the phase did not move,
-unless ``reasons`` say otherwise). ``every_shop_retired``: after the run (or
+unless ``reasons`` say otherwise). ``refused_statements`` are the statements
+the proxies refused (0A000) while the shop was ``tenant_primary``, within the
+readiness window: they block it, or, with ``forced``, it went (or would go)
+past them. ``every_shop_retired``: after the run (or
 the planned run) no shop is left outside ``retired``, so the whole tenant
 tables were dumped (``dump``) and emptied (``truncated``).
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from pgtenantproxy.migration.readiness import Conflict
 
 RETIRED = "retired"
 WOULD_RETIRE = "would retire"
@@ -38,6 +43,11 @@ class ShopRetirement:
     #: What retirement wrote into the key directory (ranges and text keys per table, tables not routed by
     #: key); None until the shop is retired.
     key_directory: dict[str, Any] | None = None
+    #: Statements refused while the shop was ``tenant_primary`` (within ``readiness_window_s``): they would
+    #: be refused after retirement too (:mod:`.readiness`).
+    refused_statements: list[Conflict] = field(default_factory=list)
+    #: ``--force`` took the shop past its refused statements.
+    forced: bool = False
 
     @property
     def total_rows(self) -> int:
@@ -52,7 +62,8 @@ class ShopRetirement:
                 "rows": self.rows, "total_rows": self.total_rows, "archive": self.archive,
                 "bytes": self.bytes,
                 "verification": self.verification, "warnings": self.warnings,
-                "key_directory": self.key_directory, "seconds": round(self.seconds, 3)}
+                "key_directory": self.key_directory, "seconds": round(self.seconds, 3),
+                "refused_statements": [c.as_dict() for c in self.refused_statements], "forced": self.forced}
 
 
 @dataclass

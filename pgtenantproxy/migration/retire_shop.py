@@ -25,7 +25,9 @@ On one unified connection:
    (the reverse worker only serves ``tenant_primary`` shops; a failure here is
    a warning: the shop is retired either way).
 
-Every step is in the audit log (action ``retire``).
+Every step is in the audit log (action ``retire``); a shop the gate let
+through with ``--force`` past refused statements gets a row with status
+``forced`` (step ``gate``, naming them) first.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pgtenantproxy.lifecycle.errors import MigrationError
 from pgtenantproxy.lifecycle.store import transition
 from pgtenantproxy.migration import archive as ar
 from pgtenantproxy.migration.key_directory import write_key_directory
+from pgtenantproxy.migration.readiness import forced_detail
 from pgtenantproxy.migration.retire_report import FAILED, RETIRED, ShopRetirement
 from pgtenantproxy.migration.reverse_link import remove_reverse_capture, tenant_admin
 from pgtenantproxy.tenancy.control_schema import shop_lock_key
@@ -97,6 +100,9 @@ class ShopRetirer:
     async def retire(self, out: ShopRetirement, version: int) -> None:
         started = time.monotonic()
         shop = out.shop_id
+        if out.forced:
+            await self._audit(shop, "gate", "forced", forced_detail(
+                out.refused_statements, "refused while it was tenant_primary, refused once retired too"))
         await self._audit(shop, "started", "running", f"{out.total_rows} rows in unified")
         try:
             async with self.tenancy.pool.acquire() as conn:

@@ -28,8 +28,8 @@ from pgtenantproxy.dualwrite import reverse
 from pgtenantproxy.dualwrite.capture import CapturedTable, installed_tables
 from pgtenantproxy.dualwrite.reverse import ReversePending, reverse_pending, wait_reverse_drained
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
-from pgtenantproxy.tenancy.service import TenancyService
 from pgtenantproxy.sqltext import QualifiedName
+from pgtenantproxy.tenancy.service import TenancyService
 
 __all__ = ["ReversePending", "install_reverse_capture", "remove_reverse_capture", "reverse_capture_installed",
            "reverse_pending", "tenant_admin", "wait_reverse_drained"]

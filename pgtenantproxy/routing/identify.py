@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from pgtenantproxy.routing.model import SHOP_SETTING, Analysis, ShopRef, StatementAnalysis
+from pgtenantproxy.routing.param_values import CAST_OIDS, INT2, INT4, INT8, TEXT_OIDS, param_array
 from pgtenantproxy.routing.session_shop import SessionShop
 from pgtenantproxy.routing.tables import is_tenant_table
 from pgtenantproxy.routing.values import int_text
@@ -47,10 +48,7 @@ __all__ = [
     "startup_settings",
 ]
 
-INT2, INT4, INT8 = 21, 23, 20
 _INT_LENGTHS = {INT2: 2, INT4: 4, INT8: 8}
-_TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705})  # text, varchar, bpchar, name, unknown
-_CAST_OIDS = {"int2": INT2, "int4": INT4, "int8": INT8, "text": 25, "varchar": 1043, "bpchar": 1042}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +160,10 @@ def decode_shop(raw: bytes, fmt: int, type_oid: int, cast: str | None = None) ->
     """
     if fmt == 0:
         return _text_shop(raw)
-    oid = type_oid or _CAST_OIDS.get(cast or "", 0)
+    oid = type_oid or CAST_OIDS.get(cast or "", 0)
     if oid in _INT_LENGTHS:
         return int.from_bytes(raw, "big", signed=True) if len(raw) == _INT_LENGTHS[oid] else None
-    if oid in _TEXT_OIDS:
+    if oid in TEXT_OIDS:
         return _text_shop(raw)
     if oid == 0 and len(raw) in (2, 4, 8):
         return int.from_bytes(raw, "big", signed=True)
@@ -211,7 +209,25 @@ class BoundParams:
 def resolve(ref: ShopRef, params: BoundParams | None) -> int | None:
     if ref.value is not None:
         return ref.value
+    if ref.array:
+        return None  # several shops: resolve_all
     return params.shop(ref) if params is not None else None
+
+
+def resolve_all(ref: ShopRef, params: BoundParams | None) -> frozenset[int] | None:
+    """The shops a pin stands for: one, or the elements of an array parameter (``= ANY($1)``)."""
+    if not ref.array:
+        value = resolve(ref, params)
+        return None if value is None else frozenset((value,))
+    found = params.raw(ref.param) if params is not None and ref.param is not None else None
+    if found is None:
+        return None
+    raw, fmt, oid = found
+    if raw is None:
+        return frozenset()  # = ANY(NULL) matches nothing
+    elements = param_array(raw, fmt, oid or CAST_OIDS.get(ref.cast or "", 0))
+    shops = None if elements is None else [int_text(e) for e in elements]
+    return None if shops is None or None in shops else frozenset(s for s in shops if s is not None)
 
 
 # -- identification -----------------------------------------------------------------------------
@@ -245,11 +261,11 @@ def query_shops(stmt: StatementAnalysis, params: BoundParams | None, tenant_tabl
         if not occ.pins:
             unpinned = True
         for ref in occ.pins:
-            value = resolve(ref, params)
-            if value is None:
+            values = resolve_all(ref, params)
+            if values is None:
                 unresolved = True
             else:
-                shops.add(value)
+                shops |= values
     return QueryShops(frozenset(shops), unpinned, unresolved)
 
 

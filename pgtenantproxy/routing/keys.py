@@ -31,10 +31,11 @@ from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
 
-from pgtenantproxy.routing.identify import BoundParams, Identification, QueryShops, resolve
+from pgtenantproxy.routing.identify import BoundParams, Identification, QueryShops, resolve_all
 from pgtenantproxy.routing.model import KeyValue, StatementAnalysis
+from pgtenantproxy.routing.param_values import CAST_OIDS, param_array, param_text
 from pgtenantproxy.routing.tables import DEFAULT_SCHEMA, is_tenant_table
-from pgtenantproxy.routing.values import array_literal, int_text
+from pgtenantproxy.routing.values import int_text
 
 
 class Pending:
@@ -89,9 +90,9 @@ def occurrence_shops(
         if not occ.pins:
             shops.append(None)
             continue
-        values = {resolve(ref, params) for ref in occ.pins}
-        unresolved = unresolved or None in values
-        shops.append({v for v in values if v is not None})
+        resolved = [resolve_all(ref, params) for ref in occ.pins]
+        unresolved = unresolved or None in resolved
+        shops.append({shop for values in resolved if values is not None for shop in values})
     empty: set[int] = set()
     for cond in stmt.keys:
         occ = occs[cond.occ]
@@ -167,12 +168,6 @@ def _spread(stmt: StatementAnalysis, shops: list[set[int] | None], view: KeyView
 
 # -- key values ---------------------------------------------------------------------------------
 
-UUID_OID, INT2, INT4, INT8 = 2950, 21, 23, 20
-_TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705})
-_ARRAY_ELEMENTS = {1005: INT2, 1007: INT4, 1016: INT8, 2951: UUID_OID, 1009: 25, 1015: 1043}
-_CAST_OIDS = {"int2": INT2, "int4": INT4, "int8": INT8, "uuid": UUID_OID, "text": 25, "varchar": 1043}
-
-
 def key_texts(values: Sequence[KeyValue], params: BoundParams | None) -> list[str] | None:
     """The keys named, as text (integers in decimal, UUIDs in canonical form), or None if unreadable."""
     out: list[str] = []
@@ -186,65 +181,17 @@ def key_texts(values: Sequence[KeyValue], params: BoundParams | None) -> list[st
         raw, fmt, oid = found
         if raw is None:
             continue  # = NULL matches nothing
-        oid = oid or _CAST_OIDS.get(value.cast or "", 0)
+        oid = oid or CAST_OIDS.get(value.cast or "", 0)
         if value.array:
-            elements = _array(raw, fmt, oid)
+            elements = param_array(raw, fmt, oid)
             if elements is None:
                 return None
             out.extend(elements)
             continue
-        text = _scalar(raw, fmt, oid)
+        text = param_text(raw, fmt, oid)
         if text is None:
             return None
         out.append(text)
-    return out
-
-
-def _scalar(raw: bytes, fmt: int, oid: int) -> str | None:
-    if fmt == 0:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if oid in (INT2, INT4, INT8) or (oid == 0 and len(raw) in (2, 4, 8)):
-        return str(int.from_bytes(raw, "big", signed=True))
-    if oid == UUID_OID and len(raw) == 16:
-        return str(uuid.UUID(bytes=raw))
-    if oid in _TEXT_OIDS:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return None
-
-
-def _array(raw: bytes, fmt: int, oid: int) -> list[str] | None:
-    """A one-dimensional array parameter's elements (text ``{1,2}`` or binary), None if unreadable."""
-    if fmt == 0:
-        try:
-            return array_literal(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            return None
-    if len(raw) < 12:
-        return None
-    ndim = int.from_bytes(raw[0:4], "big")
-    element = int.from_bytes(raw[8:12], "big")
-    if ndim == 0:
-        return []
-    if ndim != 1 or len(raw) < 20:
-        return None
-    count = int.from_bytes(raw[12:16], "big", signed=True)
-    pos, out = 20, []
-    for _ in range(count):
-        size = int.from_bytes(raw[pos:pos + 4], "big", signed=True)
-        pos += 4
-        if size < 0:
-            continue  # NULL element
-        text = _scalar(raw[pos:pos + size], 1, element or _ARRAY_ELEMENTS.get(oid, 0))
-        if text is None:
-            return None
-        out.append(text)
-        pos += size
     return out
 
 

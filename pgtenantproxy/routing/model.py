@@ -32,6 +32,8 @@ class ShopRef:
     param: int | None = None
     #: The type a parameter is cast to in the SQL (``$1::int8``), used to decode binary values.
     cast: str | None = None
+    #: The parameter is an array of shop ids (``shop_id = ANY($1)``): any of its elements.
+    array: bool = False
 
     @property
     def known(self) -> bool:

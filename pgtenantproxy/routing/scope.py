@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgtenantproxy.routing.model import ShopRef
-from pgtenantproxy.routing.values import single_array_element
+from pgtenantproxy.routing.values import array_elements, single_array_element
 
 Node = dict[str, Any]
 
@@ -91,6 +91,38 @@ def conjuncts(expr: Any) -> list[Any]:
     if isinstance(expr, dict) and "BoolExpr" in expr and expr["BoolExpr"].get("boolop") == "AND_EXPR":
         return [c for arg in expr["BoolExpr"].get("args", ()) for c in conjuncts(arg)]
     return [expr]
+
+
+def shop_list(a: Node) -> list[Any] | None:
+    """The value nodes of ``column IN (v1, v2, ...)`` or ``column = ANY(ARRAY[...] | '{...}')`` with
+    several values (one value is an equality: :func:`equality_sides`)."""
+    if strings(a.get("name")) not in (["="], ["pg_catalog", "="]):
+        return None
+    kind, rexpr = a.get("kind"), a.get("rexpr")
+    if kind == "AEXPR_IN" and isinstance(rexpr, dict):
+        items = list(rexpr.get("List", {}).get("items", ()))
+        return items if len(items) > 1 else None
+    if kind == "AEXPR_OP_ANY":
+        elements = array_elements(rexpr)
+        return elements if elements is not None and len(elements) > 1 else None
+    return None
+
+
+def array_param(a: Node) -> ShopRef | None:
+    """``column = ANY($n)`` (or ``$n::int[]``): a pin on any element of the array parameter."""
+    if strings(a.get("name")) not in (["="], ["pg_catalog", "="]) or a.get("kind") != "AEXPR_OP_ANY":
+        return None
+    node, cast = a.get("rexpr"), None
+    if isinstance(node, dict) and "TypeCast" in node:
+        type_name = node["TypeCast"].get("typeName", {})
+        if not type_name.get("arrayBounds"):
+            return None
+        names = strings(type_name.get("names"))
+        cast = names[-1] if names else None
+        node = node["TypeCast"].get("arg")
+    if isinstance(node, dict) and "ParamRef" in node and node["ParamRef"].get("number", 0) > 0:
+        return ShopRef(param=node["ParamRef"]["number"], cast=cast, array=True)
+    return None
 
 
 def equality_sides(a: Node) -> tuple[Any, Any, bool] | None:

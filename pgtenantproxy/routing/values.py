@@ -65,22 +65,29 @@ def value_ref(node: Any, cast: str | None = None) -> ShopRef:
 
 def single_array_element(node: Any) -> Any:
     """The one element of ``ARRAY[x]``, ``'{x}'`` or ``'{x}'::int[]`` (for ``= ANY(...)``), or None."""
+    elements = array_elements(node)
+    return elements[0] if elements is not None and len(elements) == 1 else None
+
+
+def array_elements(node: Any) -> list[Any] | None:
+    """The element nodes of ``ARRAY[...]``, ``'{...}'`` or ``'{...}'::int[]`` (integer literals), or None."""
     if not isinstance(node, dict) or len(node) != 1:
         return None
     ((key, body),) = node.items()
     if key == "A_ArrayExpr":
-        elements = body.get("elements", ())
-        return elements[0] if len(elements) == 1 else None
+        return list(body.get("elements", ())) or None
     if key == "TypeCast" and body.get("typeName", {}).get("arrayBounds"):
         if _type_name(body["typeName"]) in VALUE_CASTS:
-            return single_array_element(body.get("arg"))
+            return array_elements(body.get("arg"))
         return None
     if key == "A_Const" and "sval" in body:
         text = body["sval"].get("sval", "").strip()
-        if text.startswith("{") and text.endswith("}") and "," not in text:
-            inner = text[1:-1].strip().strip('"')
-            if int_text(inner) is not None:
-                return {"A_Const": {"sval": {"sval": inner}}}
+        if not (text.startswith("{") and text.endswith("}")):
+            return None
+        inner = [part.strip().strip('"') for part in text[1:-1].split(",")]
+        if not inner or any(int_text(part) is None for part in inner):
+            return None
+        return [{"A_Const": {"sval": {"sval": part}}} for part in inner]
     return None
 
 

@@ -62,8 +62,10 @@ from pgtenantproxy.routing.scope import (
     Scope,
     Side,
     alias_of,
+    array_param,
     conjuncts,
     equality_sides,
+    shop_list,
     strings,
 )
 from pgtenantproxy.routing.values import const_value, int_text, key_list, key_value, value_ref
@@ -375,8 +377,24 @@ class StatementWalker:
                     self._pin(left, value_ref(rhs), nullable)
                 elif right is not None and reversible:
                     self._pin(right, value_ref(lhs), nullable)
-            if left is None and right is None:
+            if left is None and right is None and not self._shop_list(scope, a, nullable):
                 self._key_conjunct(scope, conj, nullable)
+
+    def _shop_list(self, scope: Scope, a: Node | None, nullable: frozenset[int] | None) -> bool:
+        """``x.shop_id IN (v1, v2, ...)`` / ``= ANY('{v1,v2}')``: x is pinned to any of them (all values
+        known, or nothing is pinned: a subset would be wrong)."""
+        if a is None:
+            return False
+        items = shop_list(a)
+        array = array_param(a)
+        column = self._column(scope, a.get("lexpr")) if items is not None or array is not None else None
+        if column is None:
+            return False
+        refs = [array] if array is not None else [value_ref(item) for item in items or ()]
+        if all(ref.known for ref in refs):
+            for ref in refs:
+                self._pin(column, ref, nullable)
+        return True
 
     # -- keys and column equalities (routing by key, pins along foreign keys) -----------------
 

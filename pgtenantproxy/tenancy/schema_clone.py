@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from pgtenantproxy.config import TenancySection
+from pgtenantproxy.sqltext import QualifiedName
 from pgtenantproxy.tenancy.errors import CloneError
 from pgtenantproxy.tenancy.schema_model import (
     CloneSpec,
@@ -39,7 +40,6 @@ from pgtenantproxy.tenancy.schema_model import (
     SequenceSpec,
     TableSpec,
 )
-from pgtenantproxy.sqltext import QualifiedName
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pgtenantproxy", "pg_toast")
 

@@ -21,6 +21,7 @@ from types import TracebackType
 import asyncpg
 
 from pgtenantproxy.config import Config
+from pgtenantproxy.sqltext import QualifiedName, ident
 from pgtenantproxy.tenancy import hardening
 from pgtenantproxy.tenancy.control_schema import ensure_control_schema
 from pgtenantproxy.tenancy.crypto import EncryptionKeyError, Keyring
@@ -35,7 +36,6 @@ from pgtenantproxy.tenancy.schema_migrations import (
     load_migrations,
 )
 from pgtenantproxy.tenancy.servers import ServerDirectory, unified_pool
-from pgtenantproxy.sqltext import QualifiedName, ident
 from pgtenantproxy.tenancy.tenant_objects import database_options
 
 

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from pgtenantproxy.sqltext import QualifiedName, ident, literal
 from pgtenantproxy.tenancy.errors import ProvisioningError
 from pgtenantproxy.tenancy.passwords import create_role_sql
 from pgtenantproxy.tenancy.schema_model import PIN_CONSTRAINT, CloneSpec, render_ddl
-from pgtenantproxy.sqltext import QualifiedName, ident, literal
 
 TENANT_LOCAL_DDL = """
 CREATE SCHEMA pgtenantproxy;

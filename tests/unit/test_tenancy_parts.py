@@ -10,6 +10,7 @@ import pytest
 import scramp
 
 from pgtenantproxy.config import ConfigError, TenancySection, TenantServerSection, parse_config
+from pgtenantproxy.sqltext import QualifiedName, ident, literal
 from pgtenantproxy.tenancy.errors import MigrationError, PlacementError
 from pgtenantproxy.tenancy.passwords import (
     alter_role_password_sql,
@@ -31,7 +32,6 @@ from pgtenantproxy.tenancy.schema_model import (
     render_ddl,
 )
 from pgtenantproxy.tenancy.servers import TenantServer, choose_server
-from pgtenantproxy.sqltext import QualifiedName, ident, literal
 
 
 def test_identifiers_and_literals_are_quoted_like_postgresql() -> None:

@@ -24,8 +24,8 @@ from pgtenantproxy.lifecycle.keys import read_fk_proofs
 from pgtenantproxy.migration.fk_proofs import proof_line, prove_foreign_keys
 from pgtenantproxy.migration.key_directory import forget_key_directory, write_key_directory
 from pgtenantproxy.migration.readiness import readiness
-from pgtenantproxy.tenancy.control_schema import ensure_control_schema
 from pgtenantproxy.sqltext import QualifiedName, ident
+from pgtenantproxy.tenancy.control_schema import ensure_control_schema
 
 SCHEMA = 'Odd "schema"'
 SHOP = "shop id"  # the tenant column, with a space

@@ -37,12 +37,15 @@ READS: list[tuple[str, list[tuple[str, set[object]]]]] = [
     ("select * from orders o where o.shop_id = 5", [("orders", {5})]),
     ("select * from orders where 5 = shop_id", [("orders", {5})]),
     ("select * from orders where shop_id in (5)", [("orders", {5})]),
-    ("select * from orders where shop_id in (5, 6)", [("orders", set())]),
+    ("select * from orders where shop_id in (5, 6)", [("orders", {5, 6})]),  # any of them
+    ("select * from orders where shop_id in (5, $1)", [("orders", {5, "$1"})]),
+    ("select * from orders where shop_id in (5, 6 + 1)", [("orders", set())]),  # all known, or none
     ("select * from orders where shop_id = any('{5}')", [("orders", {5})]),
     ("select * from orders where shop_id = any('{5}'::int[])", [("orders", {5})]),
     ("select * from orders where shop_id = any(array[5])", [("orders", {5})]),
-    ("select * from orders where shop_id = any('{5,6}')", [("orders", set())]),
-    ("select * from orders where shop_id = any($1)", [("orders", set())]),
+    ("select * from orders where shop_id = any('{5,6}')", [("orders", {5, 6})]),
+    ("select * from orders where shop_id = any(array[5, 6])", [("orders", {5, 6})]),
+    ("select * from orders where shop_id = any($1)", [("orders", {"$1"})]),  # any element of the array
     ("select * from orders where shop_id = '5'::int", [("orders", {5})]),
     ("select * from orders where shop_id = 5::bigint", [("orders", {5})]),
     ("select * from orders where shop_id = cast('5' as integer)", [("orders", {5})]),

@@ -99,7 +99,7 @@ TO_UNIFIED: list[tuple[str, str]] = [
     ("select * from orders where shop_id = 5 and shop_id = 6", "multiple_shops"),
     ("select * from orders where shop_id = 5; select * from orders where shop_id = 6", "multiple_shops"),
     ("select * from orders where shop_id = 5 or shop_id = 6", "no_shop"),
-    ("select * from orders where shop_id in (5, 6)", "no_shop"),
+    ("select * from orders where shop_id in (5, 6)", "multiple_shops"),
     ("select * from orders", "no_shop"),
     ("select * from orders o, customers c where o.shop_id = 5", "unpinned_table"),
     (

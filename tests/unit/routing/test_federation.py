@@ -7,7 +7,13 @@ import json
 import pglast.parser as pg
 import pytest
 
-from pgtenantproxy.routing.federation import CannotFederate, FederationFacts, Sources, federate, needs_federation
+from pgtenantproxy.routing.federation import (
+    CannotFederate,
+    FederationFacts,
+    Sources,
+    federate,
+    needs_federation,
+)
 
 TABLES = frozenset({"public.repairs", "public.customers"})
 FACTS = FederationFacts({"public.repairs": ("id", "shop_id", "price"),

@@ -200,3 +200,16 @@ def test_unlisted_sources_are_ignored_but_pins_are_always_checked() -> None:
     # ...but they still contradict a declaration
     assert ident(sql, claims=(Claim("set", 5),), order=("set",)).reason == "conflict"
     assert ident(sql, claims=(Claim("set", 6),), order=("set",)) == Identification(6, "set", "identified")
+
+
+def test_an_array_parameter_pins_any_of_its_shops() -> None:
+    stmt = A.parse("select * from orders where shop_id = any($1::int4[])").statements[0]
+    (ref,) = stmt.occurrences[0].pins
+    assert ref.array and ref.param == 1
+    text = BoundParams((b"{3,16}",))
+    assert query_shops(stmt, text, TENANT).shops == {3, 16}
+    binary = struct.pack("!iiiii", 1, 0, 23, 2, 1) + struct.pack("!ii", 4, 3) + struct.pack("!ii", 4, 16)
+    assert query_shops(stmt, BoundParams((binary,), (1,), (1007,)), TENANT).shops == {3, 16}
+    unreadable = query_shops(stmt, BoundParams((b"{3,x}",)), TENANT)
+    assert unreadable.unresolved and unreadable.covered is None  # never a subset
+    assert query_shops(stmt, BoundParams((None,)), TENANT).covered == frozenset()  # = ANY(NULL): no row
