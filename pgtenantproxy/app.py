@@ -36,6 +36,7 @@ from pgtenantproxy.metrics.collector import MetricSources, registry_for
 from pgtenantproxy.metrics.control import ControlGauges
 from pgtenantproxy.metrics.exporter import MetricsExporter
 from pgtenantproxy.metrics.recorder import QueryRecorder
+from pgtenantproxy.migration.federation import FederationKeeper
 from pgtenantproxy.migration.id_refill import IdBlockRefiller
 from pgtenantproxy.migration.keeper import PhaseKeeper
 from pgtenantproxy.reload import ConfigReloader, ReloadStats
@@ -105,10 +106,13 @@ class ProxyApp:
 
     def _start_keeper(self, runtime: RoutingRuntime, mirror: DualWriteService) -> None:
         """Automatic phase moves (one leader among the proxy instances); the leader keeps one connection
-        of the mirror's pool (sized for its workers plus a few), not of the runtime's small one."""
+        of the mirror's pool (sized for its workers plus a few), not of the runtime's small one. While it
+        leads it also refills id blocks and keeps cut-over shops' foreign tables in step."""
         self.keeper = PhaseKeeper(mirror.tenancy.pool, mirror.status, runtime.dispatcher.selects,
                                   interval_s=self.config.migration.keeper_interval_ms / 1000,
-                                  refiller=IdBlockRefiller(mirror.tenancy, lambda: self.config))
+                                  refiller=IdBlockRefiller(mirror.tenancy, lambda: self.config),
+                                  jobs=[("federation refresh", FederationKeeper(mirror.tenancy,
+                                                                                lambda: self.config))])
         self._keeper_task = asyncio.get_running_loop().create_task(self.keeper.run(), name="phase-keeper")
 
     async def _start_metrics(self) -> None:

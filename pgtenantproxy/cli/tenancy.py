@@ -22,6 +22,9 @@ from rich.table import Table
 
 from pgtenantproxy.cli.common import CommandError, add_config_argument, config_from_args, open_control_plane
 from pgtenantproxy.config import Config
+from pgtenantproxy.lifecycle.errors import MigrationError
+from pgtenantproxy.lifecycle.federation import read_federation
+from pgtenantproxy.migration.federation import rotate_reader
 from pgtenantproxy.tenancy.control_schema import LATEST_VERSION
 from pgtenantproxy.tenancy.errors import TenancyError
 from pgtenantproxy.tenancy.provisioning import ProvisionOutcome
@@ -191,6 +194,13 @@ async def _rotate_key(svc: TenancyService, args: argparse.Namespace) -> int:
 async def _rotate_password(svc: TenancyService, args: argparse.Namespace) -> int:
     await svc.rotate_password(args.shop)
     out.print(f"shop {args.shop}: password rotated")
+    if args.shop in await read_federation(svc.pool):  # its reader (federated reads) rotates with it
+        try:
+            await rotate_reader(svc, args.shop)
+        except MigrationError as exc:
+            raise CommandError(f"shop {args.shop}: the shop's password was rotated, its reader's was not: "
+                               f"{exc}") from None
+        out.print(f"shop {args.shop}: reader password rotated (federated reads)")
     return 0
 
 

@@ -8,6 +8,10 @@ API). Per shop, in ``reads_on_tenant``:
   given, when its mirror is degraded, or when a switch of the shop is running;
 * reverse capture is installed on its tenant database (idempotent; it records
   nothing until the flip, since only the mirror writes there until then);
+* the shop is federated (:func:`.federation.federate_shop`: its foreign
+  tables on unified, for reads that need it once cut over); if that fails the
+  result is ``failed`` and nothing is switched, so a shop in
+  ``tenant_primary`` is always readable from unified;
 * then the fenced switch of :mod:`.switch` (source unified, target the tenant;
   the prepare step reserves a block of ids per shared sequence,
   :mod:`.id_blocks`, recorded in ``pgtenantproxy.id_blocks`` in the flip's own
@@ -48,6 +52,8 @@ from pgtenantproxy.lifecycle.errors import IllegalTransition
 from pgtenantproxy.lifecycle.store import read_phase, read_phases
 from pgtenantproxy.migration.cutover_report import ALREADY, FAILED, REFUSED, FenceReport, FenceResult
 from pgtenantproxy.migration.drain import mirror_health, wait_drained
+from pgtenantproxy.migration.federation import FAILURES as FEDERATION_FAILURES
+from pgtenantproxy.migration.federation import federate_shop
 from pgtenantproxy.migration.fk_proofs import proof_line, prove_foreign_keys
 from pgtenantproxy.migration.id_blocks import IdBlock, record_blocks, reserve_id_blocks
 from pgtenantproxy.migration.readiness import readiness
@@ -120,7 +126,18 @@ async def cutover_shop(ctx: CutoverContext, shop: int) -> FenceResult:
         captured = await installed_tables(control)
         async with switch_sessions(ctx, shop) as (unified, tenant):
             await install_reverse_capture(tenant, captured)
-            return await switch(ctx, control, _plan(ctx, record, unified, tenant, tables))
+            try:
+                federated = await federate_shop(ctx.tenancy, shop)
+            except FEDERATION_FAILURES as exc:
+                logger.warning("shop %s: not cut over: federation failed: %s", shop, describe(exc))
+                return FenceResult(
+                    shop, FAILED, record.phase,
+                    detail=f"shop {shop} could not be federated (its foreign tables on unified, which "
+                           f"reads of its rows there need once it is cut over): {describe(exc)}; "
+                           "nothing was switched")
+            result = await switch(ctx, control, _plan(ctx, record, unified, tenant, tables))
+            result.extra["federation"] = federated.as_dict()
+            return result
 
 
 @asynccontextmanager

@@ -8,10 +8,13 @@ move is a fenced :func:`.store.transition` on the version the keeper read: a
 shop an operator moved meanwhile is left alone (the conflict is logged at
 debug level and the shop looked at again next time).
 
-While it leads, the keeper also refills id blocks (:mod:`.id_refill`) when it
-was given an :class:`~.id_refill.IdBlockRefiller`: a task of its own, every
-``[migration] id_block_refill_interval_s``, so a slow round over many tenant
-databases never delays the phase moves.
+While it leads, the keeper also runs its *periodic jobs*, each a task of its
+own (so a slow round over many tenant databases never delays the phase moves)
+every ``job.interval_s``: id block refills (:mod:`.id_refill`, ``refiller=``,
+every ``[migration] id_block_refill_interval_s``) and the refresh of cut-over
+shops' foreign tables (:class:`~.federation.FederationKeeper`, every
+``[federation] refresh_interval_s``), or any :class:`PeriodicJob` in ``jobs=``.
+A job's failure is logged and the job runs again after its interval.
 
 Facts come from this instance: the mirror status poller (lag, degraded) and
 the current read strategy with its overrides. Degraded reasons are read from
@@ -22,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import asyncpg
 
@@ -40,6 +44,15 @@ KEEPER_LOCK = 0x50475455
 ACTOR = "pgtenantproxy keeper"
 
 
+class PeriodicJob(Protocol):
+    """Work the leading keeper runs every ``interval_s`` (read again after each round: reloadable)."""
+
+    @property
+    def interval_s(self) -> float: ...
+
+    async def run_once(self) -> Sequence[object]: ...
+
+
 class PhaseKeeper:
     def __init__(
         self,
@@ -49,12 +62,16 @@ class PhaseKeeper:
         *,
         interval_s: float = 0.5,
         refiller: IdBlockRefiller | None = None,
+        jobs: Sequence[tuple[str, PeriodicJob]] = (),
     ) -> None:
         self.pool = pool
         self.status = status
         self.selected = selected
         self.interval_s = interval_s
         self.refiller = refiller
+        #: (name, job): run while this instance leads (see the module doc).
+        self.jobs: list[tuple[str, PeriodicJob]] = [
+            *([("id block refill", refiller)] if refiller is not None else []), *jobs]
         self.leader = False
         self.moves = 0
         self._stopping = asyncio.Event()
@@ -80,16 +97,17 @@ class PhaseKeeper:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1, 0)", KEEPER_LOCK):
             return
         self.leader = True
-        refill = (None if self.refiller is None else
-                  asyncio.get_running_loop().create_task(self._refill(self.refiller), name="id-block-refill"))
+        loop = asyncio.get_running_loop()
+        periodic = [loop.create_task(self._periodic(name, job), name=f"keeper: {name}")
+                    for name, job in self.jobs]
         try:
             while not self._stopping.is_set():
                 await self.tick(conn)
                 await self._pause()
         finally:
-            if refill is not None:
-                refill.cancel()
-                await asyncio.gather(refill, return_exceptions=True)
+            for task in periodic:
+                task.cancel()
+            await asyncio.gather(*periodic, return_exceptions=True)
             if not conn.is_closed():
                 await conn.execute("SELECT pg_advisory_unlock($1, 0)", KEEPER_LOCK)
 
@@ -122,16 +140,16 @@ class PhaseKeeper:
         self.moves += len(moved)
         return moved
 
-    async def _refill(self, refiller: IdBlockRefiller) -> None:
-        """Id block refills every ``id_block_refill_interval_s`` while this instance leads."""
+    async def _periodic(self, name: str, job: PeriodicJob) -> None:
+        """``job.run_once()`` every ``job.interval_s`` while this instance leads."""
         while not self._stopping.is_set():
             try:
-                await refiller.run_once()
+                await job.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("id block refill: %s; retrying", describe(exc))
-            await self._pause(refiller.interval_s)
+                logger.warning("%s: %s; retrying", name, describe(exc))
+            await self._pause(job.interval_s)
 
     async def _pause(self, seconds: float | None = None) -> None:
         try:

@@ -118,6 +118,10 @@ def test_defaults() -> None:
         ("unified", "sslmode", "bogus", "must be one of disable, prefer, require"),
         ("unified", "connect_timeout_ms", 0, "must be greater than 0"),
         ("logging", "level", "verbose", "must be one of debug, info, warning, error"),
+        ("federation", "max_shops_per_query", 0, "must be greater than 0"),
+        ("federation", "max_shops_per_query", -3, "must be greater than 0"),
+        ("federation", "refresh_interval_s", 0, "must be greater than 0"),
+        ("federation", "refresh_interval_s", -0.5, "must be greater than 0"),
     ],
 )
 def test_bad_values_name_the_key(section: str, key: str, value: Any, text: str) -> None:
@@ -137,6 +141,8 @@ def test_bad_values_name_the_key(section: str, key: str, value: Any, text: str) 
         ("unified", "port", 65535),
         ("unified", "sslmode", "require"),
         ("logging", "level", "debug"),
+        ("federation", "max_shops_per_query", 1),
+        ("federation", "refresh_interval_s", 0.05),
     ],
 )
 def test_edge_values_accepted(section: str, key: str, value: Any) -> None:
@@ -295,3 +301,14 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "config.toml"
     config = parse_config(__import__("tomllib").loads(example.read_text()), environ=NO_ENV)
     assert config.proxy.listen == "127.0.0.1:6432"
+
+
+def test_federation_section() -> None:
+    defaults = parse({}).federation
+    assert (defaults.max_shops_per_query, defaults.refresh_interval_s) == (64, 5.0)
+    assert parse({"federation": {"refresh_interval_s": 2}}).federation.refresh_interval_s == 2.0
+    assert refused({"federation": {"max_shops_per_query": 2.5}}) == (
+        "[federation] max_shops_per_query: expected an integer, got 2.5")
+    assert refused({"federation": {"refresh_interval_s": "5s"}}) == (
+        "[federation] refresh_interval_s: expected a number, got '5s'")
+    assert refused({"federation": {"max_shops": 3}}).startswith("[federation] max_shops: unknown key")
