@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.conflicts import ConflictRecorder
-from pgtenantproxy.dispatch.federation import Federated, Federator, NotFederated, touches_tenant
+from pgtenantproxy.dispatch.federation import Federated, Federator, NotFederated, federatable, touches_tenant
 from pgtenantproxy.dispatch.items import unit_items
 from pgtenantproxy.dispatch.key_directory import KeyDirectory, KeyScope
 from pgtenantproxy.dispatch.shadow import ShadowReader, ShadowResult
@@ -234,8 +234,9 @@ class Dispatcher:
                 unknown = view.touch.unknown and not is_prepare(items[0].sql) and names_no_shop(
                     routed.pairs(items), routed.identifications, snapshot.tenant_tables,
                     AnyOwner(snapshot.keys.is_key, snapshot.keys.may_be_consistent))
+                reads = self.federator is not None and _plain_reads(routed, snapshot.tenant_tables, shadowed)
                 note = UnitNote(view.touch, tuple(a.fingerprint or "?" for a in routed.analyses),
-                                tuple(item.sql for item in items), unknown)
+                                tuple(item.sql for item in items), unknown, reads)
         if route.tenant and not unit.pinned:
             return ToTenant(route.shop_id, route.reason, route.source, kind, table)
         self._before_unified(state, routed, items, snapshot)
@@ -305,7 +306,7 @@ class Dispatcher:
                     shops = next(idents).shops
                     if not touches_tenant(stmt.tables, snapshot.tenant_tables, shadowed):
                         continue
-                    if stmt.kind != "select" or not stmt.understood or stmt.has_write or stmt.has_locking:
+                    if not federatable(stmt):
                         if needs_federation(moved, shops):
                             return None  # a write or a lock on moved shops' rows: refused as before
                         continue
@@ -464,6 +465,12 @@ class RefusedNote:
     shops: tuple[int, ...]
     fingerprint: str
     texts: tuple[str, ...]
+
+
+def _plain_reads(routed: RoutedUnit, tenant_tables: frozenset[str], shadowed: frozenset[str]) -> bool:
+    """Every statement of the unit that touches tenant tables may be federated."""
+    return all(federatable(stmt) for stmt in routed.statements
+               if touches_tenant(stmt.tables, tenant_tables, shadowed))
 
 
 def _noted_refusal(decision: Decision, lanes: Lanes, routed: RoutedUnit,

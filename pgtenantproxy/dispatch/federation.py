@@ -33,6 +33,7 @@ from pgtenantproxy.routing.federation import (
     federate,
     needs_federation,
 )
+from pgtenantproxy.routing.model import StatementAnalysis
 from pgtenantproxy.routing.tables import is_tenant_table
 from pgtenantproxy.session.decision import Refusal
 from pgtenantproxy.sqltext import ident
@@ -138,6 +139,11 @@ class Federator:
             if len(cache) > _CACHE_SIZE:
                 cache.popitem(last=False)
         return out
+
+
+def federatable(stmt: StatementAnalysis) -> bool:
+    """A plain read unified can run federated: a SELECT, understood, no write, no lock."""
+    return stmt.kind == "select" and stmt.understood and not stmt.has_write and not stmt.has_locking
 
 
 def touches_tenant(tables: tuple[str, ...], tenant_tables: Set[str], shadowed: Set[str]) -> bool:

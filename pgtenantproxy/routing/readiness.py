@@ -53,6 +53,9 @@ class UnitNote:
     texts: tuple[str, ...]
     #: Some statement touches tenant tables without a shop, even counting keys of known shops.
     unknown: bool = False
+    #: Every statement that touches tenant tables is a plain read: once its shops are cut over it runs
+    #: on unified as a federated read when it cannot run on one shop's database.
+    federatable: bool = False
 
 
 @dataclass
@@ -65,9 +68,20 @@ class TxTrace:
     #: Some statement names no shop.
     unknown: bool = False
     fingerprints: dict[str, str] = field(default_factory=dict)  # fingerprint -> one text
+    #: Every unit so far is a plain read (on one shop's database, or federated on unified).
+    reads: bool = True
+    #: A unit put the transaction on one shop's database (its first statement that needs one)...
+    pinned: bool = False
+    #: ...and a later unit needs more than that database: refused there once the shop is cut over.
+    mixed_after_pin: bool = False
 
     def add(self, note: UnitNote) -> None:
         t = note.touch
+        single = t.single is not None
+        self.reads = self.reads and t.quiet and (single or note.federatable or not (t.shops or note.unknown))
+        if not single and (t.shops or note.unknown or t.global_tables) and self.pinned:
+            self.mixed_after_pin = True
+        self.pinned = self.pinned or single
         self.shops.update(t.shops)
         self.global_tables = self.global_tables or t.global_tables
         self.writes = self.writes or t.writes
@@ -91,6 +105,8 @@ class TxTrace:
         ``unplaced``, and statements naming no shop are ``unplaced`` for :data:`ANY_SHOP`.
         """
         pairs: list[tuple[int, str]] = []
+        if self.reads and not self.mixed_after_pin:
+            return pairs  # reads only: each on its shop's database, or federated on unified
         mixed = len(self.shops) > 1 or self.global_tables
         for shop in sorted(self.shops):
             if not watched(shop):

@@ -130,3 +130,27 @@ def test_tally_counts_per_fingerprint_with_a_stripped_sample() -> None:
     assert tally.take() == []
     tally.give_back(rows)
     assert tally.take()[0][4] == 3
+
+
+def _read(*sqls: str) -> UnitNote:
+    """A unit every statement of which may be federated (plain reads)."""
+    touched = summary(*sqls)
+    return UnitNote(touched, tuple(f"fp{len(s)}" for s in sqls), sqls, touched.unknown, federatable=True)
+
+
+def test_reads_that_federation_serves_are_placeable() -> None:
+    report = TxTrace()  # a cross-shop report with a global table, autocommit
+    report.add(_read("SELECT s.name, count(*) FROM repairs r JOIN shops s ON s.id = r.shop_id GROUP BY 1"))
+    assert report.conflicts(lambda s: True) == []
+    first = TxTrace()  # a report first (run aside, the transaction still waits), then one shop
+    first.add(_read("SELECT count(*) FROM repairs WHERE shop_id IN (5, 6)"))
+    first.add(_read("SELECT * FROM repairs WHERE shop_id = 5"))
+    assert first.conflicts(lambda s: True) == []
+    late = TxTrace()  # one shop first: the transaction is on its database, the report is refused there
+    late.add(_read("SELECT * FROM repairs WHERE shop_id = 5"))
+    late.add(_read("SELECT count(*) FROM repairs WHERE shop_id IN (5, 6)"))
+    assert late.conflicts(lambda s: True) == [(ANY_SHOP, UNPLACED)]  # (several shops: counted as unnamed)
+    writer = TxTrace()  # writes are never federated
+    writer.add(_read("SELECT count(*) FROM repairs WHERE shop_id IN (5, 6)"))
+    writer.add(_note("UPDATE repairs SET price = 2 WHERE shop_id = 5"))
+    assert writer.conflicts(lambda s: True) == [(ANY_SHOP, UNPLACED)]
