@@ -11,7 +11,8 @@ by side, the app role ``handyshop``, the sample loaded at a small size):
   in front of it, and the operator's commands (``pgtenantproxy provision
   --all``, ``dual-write enable``, ``backfill --all``, then per shop ``reads
   activate`` and ``cutover``, run as subprocesses with a config file) take
-  every shop to ``tenant_primary`` (:mod:`.lifecycle`).
+  every shop to ``tenant_primary``, then ``retire --shop N`` takes
+  :data:`RETIRED_SHOPS` to ``retired`` (:mod:`.lifecycle`).
 
 Both copies are loaded by the same script with the same size, so the sample's
 ids are the same rows in both (:data:`BASELINE` is the largest of each); every
@@ -57,9 +58,14 @@ SHOPS = tuple(range(1, 9))
 CUSTOMERS_PER_SHOP = 10
 #: The sample's largest ids (customers: shops x customers; repairs: 4 per customer).
 BASELINE = {"customer_id": len(SHOPS) * CUSTOMERS_PER_SHOP, "repair_id": 4 * len(SHOPS) * CUSTOMERS_PER_SHOP}
+#: The sample's customers per shop (ids up to BASELINE["customer_id"]: the rows ``all_shops`` counts).
+SAMPLE_CUSTOMERS = dict.fromkeys(SHOPS, CUSTOMERS_PER_SHOP)
 DRIVER_SHOPS = {"psycopg": 1, "asyncpg": 2, "node": 3, "pgjdbc": 4, "psql": 5}
 #: The lifecycle test's load (psycopg) loops on these while every shop is cut over.
 LOAD_SHOPS = (7, 8)
+#: Retired (``pgtenantproxy retire``) once every shop is cut over: psycopg's, node's and pgjdbc's shops and
+#: one no driver uses; asyncpg's, psql's and the load's shops stay ``tenant_primary``.
+RETIRED_SHOPS = (1, 3, 4, 6)
 DIRECT_DB = "handyshop_direct"
 CLI_TIMEOUT_S = 120
 

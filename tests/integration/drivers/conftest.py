@@ -1,8 +1,8 @@
-"""The driver tier: real drivers' workloads through the proxy with every shop cut over.
+"""The driver tier: real drivers' workloads through the proxy with every shop cut over, some retired.
 
 One bed for the whole package (:mod:`.bed`): built, then every shop taken to
 ``tenant_primary`` by the operator's commands while the psycopg workload
-loops through the proxy (:mod:`.lifecycle`). The tests then compare each
+loops through the proxy, then some shops retired (:mod:`.lifecycle`). The tests then compare each
 driver's workload through the proxy with the same workload on the
 unmigrated copy (:mod:`.harness`), run pgbench, and judge the lifecycle
 run. Results, differences and the proxy's log are kept in the bed's

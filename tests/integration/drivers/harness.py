@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.drivers import py_asyncpg, py_psycopg
-from tests.integration.drivers.bed import BASELINE, DRIVER_SHOPS, DriverBed, Target
+from tests.integration.drivers.bed import BASELINE, DRIVER_SHOPS, SAMPLE_CUSTOMERS, DriverBed, Target
 from tests.integration.drivers.lifecycle import LifecycleRun
 from tests.integration.drivers.workload import (
     BY_LABEL,
@@ -47,11 +47,14 @@ PSQL_SCRIPT = HERE / "psql" / "workload.sql"
 PROGRAM_TIMEOUT_S = 120
 
 Runner = Callable[[Target, int, str], Result]
+#: The sample's largest customer id: the customers ``all_shops`` counts (a parameter of every program).
+MAX_CUSTOMER = BASELINE["customer_id"]
 
 
 @dataclass
 class Tier:
-    """What the package fixture hands to the tests: the bed, with every shop cut over by :attr:`lifecycle`."""
+    """What the package fixture hands to the tests: the bed, every shop cut over and some retired by
+    :attr:`lifecycle`."""
 
     bed: DriverBed
     lifecycle: LifecycleRun
@@ -65,11 +68,11 @@ class Tier:
 
 # --- the drivers ---------------------------------------------------------------------------------
 def run_psycopg(target: Target, shop: int, tag: str) -> Result:
-    return py_psycopg.run(target.conninfo(), shop, tag)
+    return py_psycopg.run(target.conninfo(), shop, tag, MAX_CUSTOMER)
 
 
 def run_asyncpg(target: Target, shop: int, tag: str) -> Result:
-    return asyncio.run(py_asyncpg.run(target.asyncpg_kwargs(), shop, tag))
+    return asyncio.run(py_asyncpg.run(target.asyncpg_kwargs(), shop, tag, MAX_CUSTOMER))
 
 
 def _program(args: list[str], target: Target, *, cwd: Path | None = None) -> Result:
@@ -93,7 +96,7 @@ def run_node(target: Target, shop: int, tag: str) -> Result:
     if not (NODE_DIR / "node_modules" / "drizzle-orm").is_dir():
         raise AssertionError(f"the node packages are not installed: run `npm ci` in {NODE_DIR} "
                              "(.ci/run does)")
-    return _program(["node", "workload.mjs", str(shop), tag], target, cwd=NODE_DIR)
+    return _program(["node", "workload.mjs", str(shop), tag, str(MAX_CUSTOMER)], target, cwd=NODE_DIR)
 
 
 def java_missing() -> str | None:
@@ -106,13 +109,15 @@ def run_pgjdbc(target: Target, shop: int, tag: str) -> Result:
     if not PGJDBC_JAR.exists():
         raise AssertionError(f"{PGJDBC_JAR} is missing: apt-get install libpostgresql-jdbc-java "
                              "(.ci/run does)")
-    return _program(["java", "-cp", str(PGJDBC_JAR), str(JAVA_SOURCE), str(shop), tag], target)
+    return _program(["java", "-cp", str(PGJDBC_JAR), str(JAVA_SOURCE), str(shop), tag, str(MAX_CUSTOMER)],
+                    target)
 
 
 def psql_script(shop: int, tag: str, copy_file: Path) -> str:
     copy_file.write_text("".join(f"{shop}\t{name}\t\\N\n" for name in copy_names(tag)))
     text = string.Template(PSQL_SCRIPT.read_text()).safe_substitute(
-        shop=str(shop), tag=tag, copy_file=str(copy_file), missing_customer=str(MISSING_CUSTOMER))
+        shop=str(shop), tag=tag, copy_file=str(copy_file), missing_customer=str(MISSING_CUSTOMER),
+        max_customer=str(MAX_CUSTOMER))
     assert "${" not in text, "a placeholder of the psql script was not filled in"
     return text
 
@@ -167,12 +172,15 @@ def compare_driver(tier: Tier, driver: str, runner: Runner) -> None:
     shop, tag = DRIVER_SHOPS[driver], driver
     direct = runner(tier.bed.direct, shop, tag)
     (tier.results_dir / f"{driver}-direct.json").write_text(json.dumps(direct, indent=1, default=str))
-    expect_direct(direct)
+    expect_direct(direct, shops=SAMPLE_CUSTOMERS)
     proxied = runner(tier.bed.proxied, shop, tag)
     (tier.results_dir / f"{driver}-proxy.json").write_text(json.dumps(proxied, indent=1, default=str))
     check_shape(proxied, complete=False)
     differences = compare(direct, proxied, BASELINE)
-    text = report(f"{driver} (shop {shop}, every shop in tenant_primary)", differences)
+    phases = tier.bed.phases()
+    retired = sorted(s for s, p in phases.items() if p == "retired")
+    text = report(f"{driver} (shop {shop} {phases[shop]}; every shop cut over, retired: {retired})",
+                  differences)
     (tier.results_dir / f"{driver}-differences.txt").write_text(text + "\n")
     print(text)
     assert not failures(differences), text

@@ -20,6 +20,16 @@ differs is a failure, with the phase its shop was in. Nothing here asserts:
 judges it. If a shop is still not cut over after the moves, it is tried once
 more without load (so the driver tests still find every shop cut over) and
 the failure stays in the record.
+
+Then, every shop cut over and the load stopped, :func:`retire` runs the
+operator's ``retire --shop N --json`` for each of :data:`~.bed.RETIRED_SHOPS`
+(archive, delete the shop's rows from unified, phase ``retired``), one shop at
+a time, recorded in :attr:`LifecycleRun.retirements` with the gate's reasons
+when it refuses. When the refusal is the readiness recorder's (statements
+touching the shop the proxies refused), what an operator does next:
+``retire --check``, then ``retire --force``, recorded too; any other refusal
+(reverse mirror, verification) is left as it is. The other shops stay
+``tenant_primary``, so the driver tests see both phases.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -36,7 +47,14 @@ from typing import Any
 import psycopg
 
 from tests.integration.drivers import py_psycopg
-from tests.integration.drivers.bed import BASELINE, LOAD_SHOPS, SHOPS, DriverBed
+from tests.integration.drivers.bed import (
+    BASELINE,
+    LOAD_SHOPS,
+    RETIRED_SHOPS,
+    SAMPLE_CUSTOMERS,
+    SHOPS,
+    DriverBed,
+)
 from tests.integration.drivers.workload import (
     GROWING,
     STEPS,
@@ -56,10 +74,11 @@ REF_TAG = "refrun"
 #: The phases a load shop goes through, as the load labels its iterations ("cutover": the command runs).
 PHASE_ORDER = ("mirroring", "reads_on_tenant", "cutover", "tenant_primary")
 REFUSALS = frozenset({"0A000", "55000", "55P03"})
-#: Steps the lifecycle load leaves out: a shop's rows joined with a global table is refused after the
-#: shop's cutover (until global tables are federated, a later issue), and seen, it keeps the cutover's
-#: readiness check from passing without --force. The driver tests run it.
-LOAD_SKIPS = frozenset({"global_join"})
+#: Steps the lifecycle load leaves out: none (the global join and the read over every shop are federated
+#: after cutover, so the load runs them too).
+LOAD_SKIPS: frozenset[str] = frozenset()
+#: Seconds for the proxy to see the retired phases (its catalog refreshes every 200 ms in the bed).
+SETTLE_S = 1.0
 
 
 def _phase_rank(phase: str) -> int:
@@ -92,6 +111,8 @@ class LifecycleRun:
     moves: list[Move] = field(default_factory=list)
     iterations: list[Iteration] = field(default_factory=list)
     retried_without_load: list[int] = field(default_factory=list)
+    #: ``retire --shop N --json`` per shop of RETIRED_SHOPS (after every shop is cut over, without load).
+    retirements: list[Move] = field(default_factory=list)
     final_phases: dict[int, str] = field(default_factory=dict)
     #: What psycopg logged meanwhile (e.g. "error ignored in rollback of <Transaction ...>: ..."),
     #: with the transaction's address masked so that repeats count together.
@@ -104,7 +125,7 @@ class LifecycleRun:
         return [(it, d) for it, d in self.failed() if d.sqlstate in REFUSALS]
 
     def allowed(self) -> list[tuple[Iteration, Difference]]:
-        """Refusals the comparison allows (the global join, 0A000 after cutover): refused all the same."""
+        """Refusals the comparison allows (MAY_BE_REFUSED_AFTER_CUTOVER, none today): refused all the same."""
         return [(it, d) for it in self.iterations for d in it.differences if d.allowed]
 
     def failed_transactions(self) -> int:
@@ -117,9 +138,9 @@ class LifecycleRun:
                  f"{sum(1 for it in self.iterations if it.crash)}; failed statements: {len(self.failed())}; "
                  f"failed transactions: {self.failed_transactions()}; "
                  f"refused statements: {len(self.refused())}"]
-        allowed = Counter(f"shop {it.shop} {it.phase}" for it, _ in self.allowed())
+        allowed = Counter(f"shop {it.shop} {it.phase} {d.label}" for it, d in self.allowed())
         if allowed:
-            lines.append(f"global_join refused with 0A000 (allowed by the comparison, still a refusal): "
+            lines.append(f"refused, allowed by the comparison (still a refusal): "
                          f"{sum(allowed.values())} times ({dict(allowed)})")
         if self.driver_warnings:
             lines.append("warnings the driver logged (psycopg):")
@@ -132,6 +153,20 @@ class LifecycleRun:
             if move.returncode != 0:
                 lines.append(f"  shop {move.shop}: `{move.command}` exited {move.returncode}: "
                              f"{move.output.strip()[-1200:]}")
+        if self.retirements:
+            lines.append("retirements (after every shop was cut over, without load):")
+            lines += [f"  shop {m.shop}: `{m.command}` exited {m.returncode} in {m.seconds:.1f} s, phase "
+                      f"{m.phase_after}: {m.output.strip()[-1200:]}" for m in self.retirements]
+        if self.final_phases:
+            lines.append(f"final phases: {self.final_phases}")
+        for shop in sorted({it.shop for it in self.iterations}):
+            mine = [it for it in self.iterations if it.shop == shop]
+            first = next(((n, it) for n, it in enumerate(mine, 1) if failures(it.differences)), None)
+            if first is not None:  # a failed iteration may leave rows that later iterations of the shop see
+                n, it = first
+                labels = ", ".join(f"{d.label} ({d.sqlstate or 'rows'})" for d in failures(it.differences))
+                lines.append(f"shop {shop}: first failed iteration #{n} of {len(mine)} ({it.phase}): "
+                             f"{labels}")
         seen: dict[tuple[int, str, str, str | None], list[Iteration]] = {}
         for it, d in self.failed():
             seen.setdefault((it.shop, it.phase, d.label, d.sqlstate), []).append(it)
@@ -167,13 +202,42 @@ def _brief(stdout: str) -> str | None:
     return " | ".join(parts)
 
 
+def _retire_brief(stdout: str) -> str | None:
+    """The gist of a ``retire --json`` report (per shop: outcome, rows, verification, the gate's reasons)."""
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        return None
+    parts = []
+    for shop in report.get("shops", []):
+        forced = ", forced" if shop.get("forced") else ""
+        part = (f"shop {shop['shop_id']}: {shop['status']}{forced} ({shop['total_rows']} rows, "
+                f"verification: {shop.get('verification') or '-'})")
+        refused = "; ".join(f"x{c['count']}: {' '.join(c['sample'].split())[:160]}"
+                            for c in shop.get("refused_statements", []))
+        if refused:
+            part += f"; refused by the proxies: {refused}"
+        if shop.get("reasons"):
+            part += "; refused: " + "; ".join(shop["reasons"])
+        if shop.get("warnings"):
+            part += "; warnings: " + "; ".join(shop["warnings"])
+        parts.append(part)
+    if report.get("errors"):
+        parts.append("errors: " + "; ".join(report["errors"]))
+    return " | ".join(parts) or stdout.strip()[-2000:]
+
+
 def _timed(bed: DriverBed, shop: int, *args: str) -> Move:
     started = time.monotonic()
-    done = bed.cli(*args)
-    brief = _brief(done.stdout) if "--json" in args else None
+    return _timed_result(bed, shop, args, bed.cli(*args), started)
+
+
+def _timed_result(bed: DriverBed, shop: int, args: tuple[str, ...], done: subprocess.CompletedProcess[str],
+                  started: float) -> Move:
+    seconds = time.monotonic() - started
+    brief = (_retire_brief if args[0] == "retire" else _brief)(done.stdout) if "--json" in args else None
     output = brief if brief is not None else done.stdout[-4000:] + done.stderr[-4000:]
-    return Move(shop, " ".join(args), done.returncode, time.monotonic() - started, output,
-                bed.phases().get(shop, "-"))
+    return Move(shop, " ".join(args), done.returncode, seconds, output, bed.phases().get(shop, "-"))
 
 
 def _setup(bed: DriverBed, run: LifecycleRun) -> None:
@@ -199,7 +263,7 @@ def _load(bed: DriverBed, shop: int, reference: Result, phase_of: dict[int, str]
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(bed.proxied.conninfo(), autocommit=True)
-            result = py_psycopg.run_workload(conn, shop, tag, LOAD_SKIPS)
+            result = py_psycopg.run_workload(conn, shop, tag, BASELINE["customer_id"], LOAD_SKIPS)
             diffs = compare(reference, result, BASELINE, tags=(REF_TAG, tag), drop_rows=GROWING)
             out.append(Iteration(shop, phase, time.monotonic() - started, diffs))
         except Exception as exc:  # a broken connection: counted, then reconnect
@@ -246,8 +310,46 @@ class _Warnings(logging.Handler):
         self.into[" ".join(text.split())] += 1
 
 
+def _blocked_by_recorder(stdout: str) -> bool:
+    """A ``retire --json`` report whose shop was blocked by the readiness recorder (statements touching it
+    the proxies refused), and by nothing else: the gate stops at its first failed check, so a blocked shop
+    with refused statements listed passed the phase and reverse-mirror checks."""
+    try:
+        shops = json.loads(stdout).get("shops", [])
+    except ValueError:
+        return False
+    return bool(shops) and all(s["status"] == "blocked" and s.get("refused_statements") for s in shops)
+
+
+def retire(bed: DriverBed, run: LifecycleRun) -> None:
+    """``retire --shop N`` for each of RETIRED_SHOPS (every shop cut over), one at a time, recorded.
+
+    Refused by the readiness recorder only: ``--check``, then ``--force`` (recorded; the test fails on
+    any command that did not exit 0). Any other refusal is printed, recorded and left as it is.
+    """
+    for shop in RETIRED_SHOPS:
+        args = ("retire", "--shop", str(shop), "--json")
+        started = time.monotonic()
+        done = bed.cli(*args)
+        move = _timed_result(bed, shop, args, done, started)
+        run.retirements.append(move)
+        if move.returncode != 0:
+            print(f"\npgtenantproxy {move.command} exited {move.returncode} "
+                  f"(phase {move.phase_after}): {move.output.strip()[-2000:]}")
+            if _blocked_by_recorder(done.stdout):
+                run.retirements.append(_timed(bed, shop, "retire", "--shop", str(shop), "--check", "--json"))
+                move = _timed(bed, shop, "retire", "--shop", str(shop), "--force", "--json")
+                run.retirements.append(move)
+                print(f"pgtenantproxy {move.command} exited {move.returncode} (phase {move.phase_after}): "
+                      f"{move.output.strip()[-2000:]}")
+        if move.returncode == 0:
+            move.phase_after = bed.wait_phase(shop, "retired")
+    time.sleep(SETTLE_S)
+
+
 def migrate(bed: DriverBed) -> LifecycleRun:
-    """Every shop to ``tenant_primary`` through the real commands, the load running through the moves."""
+    """Every shop to ``tenant_primary`` through the real commands, the load running through the moves;
+    then RETIRED_SHOPS retired."""
     run = LifecycleRun()
     handler = _Warnings(run.driver_warnings)
     logging.getLogger("psycopg").addHandler(handler)
@@ -261,8 +363,9 @@ def _migrate(bed: DriverBed, run: LifecycleRun) -> LifecycleRun:
     _setup(bed, run)
     references = {}
     for shop in LOAD_SHOPS:
-        references[shop] = py_psycopg.run(bed.direct.conninfo(), shop, REF_TAG, LOAD_SKIPS)
-        expect_direct(references[shop], LOAD_SKIPS)
+        references[shop] = py_psycopg.run(bed.direct.conninfo(), shop, REF_TAG, BASELINE["customer_id"],
+                                          LOAD_SKIPS)
+        expect_direct(references[shop], LOAD_SKIPS, shops=SAMPLE_CUSTOMERS)
     phase_of = dict.fromkeys(SHOPS, "mirroring")
     stop = threading.Event()
     loads = [threading.Thread(target=_load, name=f"load-{shop}", daemon=True,
@@ -288,7 +391,10 @@ def _migrate(bed: DriverBed, run: LifecycleRun) -> LifecycleRun:
                 bed.wait_phase(shop, "reads_on_tenant")
             run.setup.append(_timed(bed, shop, "cutover", "--shop", str(shop), "--check", "--json"))
             run.setup.append(_timed(bed, shop, "cutover", "--shop", str(shop), "--force", "--json"))
+    cut_over = bed.phases()
+    if set(cut_over.values()) != {"tenant_primary"}:
+        run.final_phases = cut_over
+        raise RuntimeError(f"not every shop could be cut over: {cut_over}\n{run.summary()}")
+    retire(bed, run)
     run.final_phases = bed.phases()
-    if set(run.final_phases.values()) != {"tenant_primary"}:
-        raise RuntimeError(f"not every shop could be cut over: {run.final_phases}\n{run.summary()}")
     return run

@@ -26,6 +26,8 @@ from tests.integration.drivers.workload import (
 )
 
 SELECT_REPAIR = "SELECT id, customer_id, device_model_id, status, price FROM repairs WHERE id = $1"
+ALL_SHOPS = ("SELECT s.id, s.name, count(c.id) FROM shops s JOIN customers c ON c.shop_id = s.id"
+             " WHERE c.id <= $1 GROUP BY s.id, s.name ORDER BY s.id")
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -82,7 +84,8 @@ class _Rollback(Exception):
     pass
 
 
-async def run_workload(conn: asyncpg.Connection, shop: int, tag: str) -> Result:
+async def run_workload(conn: asyncpg.Connection, shop: int, tag: str, max_customer: int) -> Result:
+    """The whole workload for ``shop``; ``max_customer``: the sample's largest customer id (``all_shops``)."""
     s = _Steps()
     try:
         row = await conn.fetchrow(
@@ -174,6 +177,7 @@ async def run_workload(conn: asyncpg.Connection, shop: int, tag: str) -> Result:
     await s.rows("global_join", conn.fetch(
         "SELECT r.id, d.brand, d.model FROM repairs r JOIN device_models d ON d.id = r.device_model_id"
         " WHERE r.shop_id = $1 ORDER BY r.id DESC LIMIT 3", shop))
+    await s.rows("all_shops", conn.fetch(ALL_SHOPS, max_customer))
 
     await s.count("copy_in", conn.copy_records_to_table(  # binary COPY
         "customers", columns=["shop_id", "name", "phone"],
@@ -192,9 +196,9 @@ async def run_workload(conn: asyncpg.Connection, shop: int, tag: str) -> Result:
     return {"driver": "asyncpg", "shop": shop, "steps": s.steps}
 
 
-async def run(connect_kwargs: dict[str, Any], shop: int, tag: str) -> Result:
+async def run(connect_kwargs: dict[str, Any], shop: int, tag: str, max_customer: int) -> Result:
     conn = await asyncpg.connect(**connect_kwargs)
     try:
-        return await run_workload(conn, shop, tag)
+        return await run_workload(conn, shop, tag, max_customer)
     finally:
         await conn.close()

@@ -27,6 +27,8 @@ from tests.integration.drivers.workload import (
 
 SELECT_REPAIR = "SELECT id, customer_id, device_model_id, status, price FROM repairs WHERE id = %s"
 FIND_CUSTOMER = "SELECT id, name, phone FROM customers WHERE shop_id = %s AND name = %s"
+ALL_SHOPS = ("SELECT s.id, s.name, count(c.id) FROM shops s JOIN customers c ON c.shop_id = s.id"
+             " WHERE c.id <= %s GROUP BY s.id, s.name ORDER BY s.id")
 
 
 class _Steps:
@@ -84,9 +86,12 @@ class _Rollback(Exception):
 
 
 def run_workload(
-    conn: psycopg.Connection[Any], shop: int, tag: str, skip: frozenset[str] = frozenset()
+    conn: psycopg.Connection[Any], shop: int, tag: str, max_customer: int, skip: frozenset[str] = frozenset()
 ) -> Result:
-    """The whole workload for ``shop`` on an open autocommit connection (but the ``skip`` steps)."""
+    """The whole workload for ``shop`` on an open autocommit connection (but the ``skip`` steps).
+
+    ``max_customer``: the sample's largest customer id (``all_shops`` counts the customers up to it).
+    """
     s = _Steps(skip)
     cur = conn.cursor()
     cid = s.run("insert_customer", lambda: _fetch(
@@ -176,6 +181,7 @@ def run_workload(
     s.run("global_join", lambda: _fetch(
         cur, "SELECT r.id, d.brand, d.model FROM repairs r JOIN device_models d ON d.id = r.device_model_id"
              " WHERE r.shop_id = %s ORDER BY r.id DESC LIMIT 3", (shop,)))
+    s.run("all_shops", lambda: _fetch(cur, ALL_SHOPS, (max_customer,)))
 
     def copy_in() -> int:
         with cur.copy("COPY customers (shop_id, name, phone) FROM STDIN") as copy:
@@ -199,6 +205,6 @@ def run_workload(
     return {"driver": "psycopg", "shop": shop, "steps": s.steps}
 
 
-def run(conninfo: str, shop: int, tag: str, skip: frozenset[str] = frozenset()) -> Result:
+def run(conninfo: str, shop: int, tag: str, max_customer: int, skip: frozenset[str] = frozenset()) -> Result:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        return run_workload(conn, shop, tag, skip)
+        return run_workload(conn, shop, tag, max_customer, skip)

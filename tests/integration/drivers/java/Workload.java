@@ -1,7 +1,8 @@
 // The driver tier's workload in pgjdbc (see tests/integration/drivers/workload.py).
 //
-// Usage: java -cp /usr/share/java/postgresql.jar Workload.java SHOP TAG
-// (single-file source launch; connection from PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD)
+// Usage: java -cp /usr/share/java/postgresql.jar Workload.java SHOP TAG MAX_CUSTOMER
+// (single-file source launch; connection from PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD;
+// MAX_CUSTOMER: the sample's largest customer id, the customers all_shops counts)
 // Prints {"driver": "pgjdbc", "shop": SHOP, "steps": [...]} on stdout.
 //
 // JDBC's idiom: PreparedStatement with setLong/setInt/setBigDecimal, executeQuery for RETURNING,
@@ -149,6 +150,7 @@ public class Workload {
     public static void main(String[] args) throws Exception {
         int shop = Integer.parseInt(args[0]);
         String tag = args[1];
+        int maxCustomer = Integer.parseInt(args[2]);
         String env = System.getenv("PGHOST") + ":" + System.getenv("PGPORT") + "/" + System.getenv("PGDATABASE");
         Properties props = new Properties();
         props.setProperty("user", System.getenv("PGUSER"));
@@ -156,12 +158,12 @@ public class Workload {
         props.setProperty("sslmode", "disable");
         props.setProperty("ApplicationName", "driver-tier-pgjdbc");
         try (Connection c = DriverManager.getConnection("jdbc:postgresql://" + env, props)) {
-            run(c, shop, tag);
+            run(c, shop, tag, maxCustomer);
         }
         System.out.println("{\"driver\": \"pgjdbc\", \"shop\": " + shop + ", \"steps\": [" + String.join(", ", steps) + "]}");
     }
 
-    static void run(Connection c, int shop, String tag) throws SQLException {
+    static void run(Connection c, int shop, String tag, int maxCustomer) throws SQLException {
         c.setAutoCommit(true);
         Rows cr = (Rows) step("insert_customer", () -> query(c,
             "INSERT INTO customers (shop_id, name, phone) VALUES (?, ?, ?) RETURNING id", shop, tag + " customer",
@@ -240,6 +242,9 @@ public class Workload {
             + " WHERE r.shop_id = ? ORDER BY r.id LIMIT 20", shop));
         step("global_join", () -> query(c, "SELECT r.id, d.brand, d.model FROM repairs r"
             + " JOIN device_models d ON d.id = r.device_model_id WHERE r.shop_id = ? ORDER BY r.id DESC LIMIT 3", shop));
+        // Every shop: the sample's customers per shop (a read no shop id narrows).
+        step("all_shops", () -> query(c, "SELECT s.id, s.name, count(c.id) FROM shops s JOIN customers c ON c.shop_id = s.id"
+            + " WHERE c.id <= ? GROUP BY s.id, s.name ORDER BY s.id", maxCustomer));
 
         CopyManager copy = c.unwrap(PGConnection.class).getCopyAPI();
         step("copy_in", () -> {

@@ -1,6 +1,7 @@
 // The driver tier's workload in node-postgres + Drizzle ORM (see tests/integration/drivers/workload.py).
 //
-// Usage: node workload.mjs SHOP TAG   (connection from PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD)
+// Usage: node workload.mjs SHOP TAG MAX_CUSTOMER   (connection from PGHOST, PGPORT, PGDATABASE, PGUSER,
+// PGPASSWORD; MAX_CUSTOMER: the sample's largest customer id, the customers all_shops counts)
 // Prints {"driver": "node-drizzle", "shop": SHOP, "steps": [...]} on stdout.
 //
 // Drizzle's query builder over a pg.Pool (as apps use it): insert/update/delete/select builders,
@@ -10,13 +11,18 @@
 import pg from 'pg';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import { pgTable, serial, bigserial, integer, text, numeric, jsonb, timestamp } from 'drizzle-orm/pg-core';
-import { and, desc, eq, like, sql, count, TransactionRollbackError } from 'drizzle-orm';
+import { and, desc, eq, like, lte, sql, count, TransactionRollbackError } from 'drizzle-orm';
 import copyStreams from 'pg-copy-streams';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Writable } from 'node:stream';
 
 const { from: copyFrom, to: copyTo } = copyStreams;
 
+export const shops = pgTable('shops', {
+  id: integer('id').primaryKey(),
+  name: text('name').notNull(),
+  city: text('city').notNull(),
+});
 export const customers = pgTable('customers', {
   id: serial('id').primaryKey(),
   shopId: integer('shop_id').notNull(),
@@ -48,6 +54,7 @@ export const repairs = pgTable('repairs', {
 const MISSING_CUSTOMER = 2147483647;
 const shop = Number(process.argv[2]);
 const tag = process.argv[3];
+const maxCustomer = Number(process.argv[4]);
 const steps = [];
 
 function pgError(err) {
@@ -180,6 +187,11 @@ async function main() {
       id: repairs.id, brand: deviceModels.brand, model: deviceModels.model,
     }).from(repairs).innerJoin(deviceModels, eq(deviceModels.id, repairs.deviceModelId))
       .where(eq(repairs.shopId, shop)).orderBy(desc(repairs.id)).limit(3), 'id', 'brand', 'model'));
+    // Every shop: the sample's customers per shop (a read no shop id narrows).
+    await step('all_shops', 'rows', async () => rowsOf(await db.select({
+      id: shops.id, name: shops.name, n: count(customers.id),
+    }).from(shops).innerJoin(customers, eq(customers.shopId, shops.id))
+      .where(lte(customers.id, maxCustomer)).groupBy(shops.id, shops.name).orderBy(shops.id), 'id', 'name', 'n'));
 
     await step('copy_in', 'count', async () => {
       const client = await pool.connect();

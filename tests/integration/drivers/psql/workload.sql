@@ -1,5 +1,5 @@
 -- The driver tier's workload as a psql script (see tests/integration/drivers/workload.py).
--- The dollar-brace placeholders (shop, tag, copy_file, missing_customer) are filled in by the harness (string.Template) before the run
+-- The dollar-brace placeholders (shop, tag, copy_file, missing_customer, max_customer) are filled in by the harness (string.Template) before the run
 -- (\copy takes its whole line literally); ids travel in psql variables (\gset). The \copy data is
 -- a file: inline data after a refused COPY would be read as SQL.
 -- After every statement: "@@end SQLSTATE ROW_COUNT" and the last error message; the harness
@@ -157,6 +157,12 @@ WHERE r.shop_id = ${shop} ORDER BY r.id LIMIT 20;
 \echo @@step global_join
 SELECT r.id, d.brand, d.model FROM repairs r JOIN device_models d ON d.id = r.device_model_id
 WHERE r.shop_id = ${shop} ORDER BY r.id DESC LIMIT 3;
+\echo @@end :SQLSTATE :ROW_COUNT
+\echo @@msg :LAST_ERROR_MESSAGE
+-- Every shop: the sample's customers per shop (max_customer: the sample's largest customer id).
+\echo @@step all_shops
+SELECT s.id, s.name, count(c.id) FROM shops s JOIN customers c ON c.shop_id = s.id
+WHERE c.id <= ${max_customer} GROUP BY s.id, s.name ORDER BY s.id;
 \echo @@end :SQLSTATE :ROW_COUNT
 \echo @@msg :LAST_ERROR_MESSAGE
 
