@@ -140,6 +140,8 @@ def _show_readiness(ready: dict[int, Readiness], as_json: bool, console: Console
             console.print(f"shop {shop}: [red]not ready[/red]: after its cutover these would be refused "
                           "(0A000)")
             _conflict_table(r, console)
+        for line in r.refused_lines():
+            console.print(line)
     for line in next(iter(ready.values())).foreign_key_lines() if ready else ():
         console.print(line)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -35,8 +36,10 @@ from pgtenantproxy.dispatch.routing_state import CHANNEL, RoutingState, read_sta
 from pgtenantproxy.lifecycle.federation import read_columns, read_federation, signature
 from pgtenantproxy.lifecycle.instances import heartbeat, new_instance_id
 from pgtenantproxy.lifecycle.phases import ShopPhase
+from pgtenantproxy.lifecycle.reference import reference_lag
 from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.routing.federation import FederationFacts
+from pgtenantproxy.routing.reference import ReferenceFacts
 from pgtenantproxy.tenancy.schema_clone import discover_tenant_tables
 
 logger = logging.getLogger(__name__)
@@ -72,12 +75,15 @@ class CatalogSnapshot:
     copy_columns: CopyColumns = field(default_factory=CopyColumns)
     #: The tenant tables' columns and the shops whose foreign tables match them (federated reads).
     federation: FederationFacts = field(default_factory=FederationFacts)
+    #: The reference tables and the shops whose copies of them are current.
+    reference: ReferenceFacts = field(default_factory=ReferenceFacts)
 
     def same_content(self, other: CatalogSnapshot) -> bool:
         same = (self.tenant_tables, self.ready, self.activated, self.deactivated, self.routing,
                 self.phases, self.keys) == (other.tenant_tables, other.ready, other.activated,
                                             other.deactivated, other.routing, other.phases, other.keys)
-        return same and (self.copy_columns, self.federation) == (other.copy_columns, other.federation)
+        return same and (self.copy_columns, self.federation, self.reference) == (
+            other.copy_columns, other.federation, other.reference)
 
     def phase(self, shop_id: int) -> ShopPhase:
         return self.phases.get(shop_id) or ShopPhase(shop_id)
@@ -97,6 +103,10 @@ class TenantCatalog:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: This proxy process in ``pgtenantproxy.proxy_instances`` (heartbeat and epoch seen).
     instance_id: str = field(default_factory=new_instance_id)
+    #: A shop's reference copies are current while their lag is under this (``[dual_write] max_lag_ms``).
+    reference_max_lag_s: float = 1.0
+    #: The reference tables: label -> the copies' shop column (``[[tenancy.reference_tables]]``).
+    reference_tables: dict[str, str | None] = field(default_factory=dict)
 
     async def refresh(self, conn: asyncpg.Connection) -> CatalogSnapshot:
         tables = frozenset(str(t) for t in await discover_tenant_tables(conn, self.tenancy))
@@ -110,8 +120,10 @@ class TenantCatalog:
         keys = await read_key_facts(conn, tables)
         copy_columns = await read_copy_columns(conn, tables, self.tenancy.tenant_column)
         federation = await read_federation_facts(conn, tables)
+        reference = await read_reference_facts(conn, self.reference_tables, self.reference_max_lag_s)
         new = CatalogSnapshot(tables, ready, activated, deactivated, old.version, routing, phases,
-                              holding, epoch, keys, copy_columns=copy_columns, federation=federation)
+                              holding, epoch, keys, copy_columns=copy_columns, federation=federation,
+                              reference=reference)
         changed = not new.same_content(old)
         if changed:
             new = dataclasses.replace(new, version=old.version + 1)
@@ -201,6 +213,17 @@ async def read_federation_facts(conn: asyncpg.Connection, tables: frozenset[str]
     built = await read_federation(conn)
     return FederationFacts({t: tuple(name for name, _type in cols) for t, cols in columns.items()},
                            frozenset(shop for shop, sig in built.items() if sig == current))
+
+
+async def read_reference_facts(conn: asyncpg.Connection, tables: dict[str, str | None],
+                               max_lag_s: float) -> ReferenceFacts:
+    """The reference tables, and the shops whose copies of all of them are within ``max_lag_s``."""
+    if not tables:
+        return ReferenceFacts()
+    read_at = time.monotonic()
+    lags = await reference_lag(conn, sorted(tables))
+    current = frozenset(shop for shop, lag in lags.items() if lag <= max_lag_s)
+    return ReferenceFacts(dict(tables), current, read_at)
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:

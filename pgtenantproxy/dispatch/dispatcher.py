@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from pgtenantproxy.routing.federation import needs_federation
 from pgtenantproxy.routing.keys import AnyOwner, names_no_shop
 from pgtenantproxy.routing.primary import Touch, touch
 from pgtenantproxy.routing.readiness import ANY_SHOP, TxTrace, UnitNote
+from pgtenantproxy.routing.reference import local_shop
 from pgtenantproxy.routing.sql_prepared import is_prepare
 from pgtenantproxy.session.decision import (
     SESSION_SEQUENCE,
@@ -124,6 +126,10 @@ class SessionRouting:
     #: The shop whose database ran this session's last statement that may have drawn from a sequence
     #: outside a transaction of its own (None: unified): lastval()/currval() answer from there only.
     sequence_shop: int | None = None
+    #: Read-your-writes on reference tables: the transaction wrote one; when the last such write
+    #: committed (monotonic): copies read before that may not hold it.
+    reference_dirty: bool = False
+    reference_written_at: float = float("-inf")
 
 
 class Dispatcher:
@@ -219,6 +225,9 @@ class Dispatcher:
         kind, table = _label(routed)
         if keys is not None and (keys.wanted or keys.failed):
             return self._key_wait(keys, snapshot, lanes, kind, table)
+        local = self._reference_local(unit, facts, state, routed, items, snapshot, lanes, shadowed)
+        if local is not None:
+            return dataclasses.replace(local, kind=kind, table=table)
         note: UnitNote | None = None
         if (lanes.active or facts.pinned_shop is not None) and not _autocommit_read(routed, facts, lanes):
             view = UnitView(unit, routed, items, touch(routed.statements, routed.identifications,
@@ -257,6 +266,7 @@ class Dispatcher:
                 self._maybe_shadow(unit, facts, decision, state.last)
             return
         state.shop.on_ready(facts.tx_status, error=outcome == "error")
+        self._reference_writes(state, facts)
         if facts.tx_status == c.TX_IDLE and state.dirty and self.mirror is not None:
             for shop in state.dirty:
                 state.markers[shop] = self.mirror.write_marker(shop if shop is not None else 0)
@@ -287,6 +297,40 @@ class Dispatcher:
                     hold_s=directory.timeout + 1.0,
                     wake=lambda callback: done.add_done_callback(lambda _f: callback()),
                     timeout_error=timeout)
+
+    # --- reference tables ----------------------------------------------------------------
+    def _reference_local(self, unit: Unit, facts: SessionFacts, state: SessionRouting, routed: RoutedUnit,
+                         items: Sequence[BatchItem], snapshot: CatalogSnapshot, lanes: Lanes,
+                         shadowed: frozenset[str]) -> ToTenant | None:
+        """A read of one shop's tenant tables with reference tables, on that shop's database, when its
+        copies are current (lag, and this session's own writes of reference tables)."""
+        reference = snapshot.reference
+        if not reference.tables or unit.pinned or not unit.complete:
+            return None
+        pinned = facts.pinned_shop
+        shop = local_shop(routed.pairs(items), routed.identifications, reference, snapshot.tenant_tables,
+                          shadowed, shop=pinned)
+        if shop is None or shop not in reference.current or state.reference_written_at >= reference.read_at:
+            return None
+        if pinned is not None or (facts.tx_status == c.TX_IDLE and shop in lanes.primary):
+            return ToTenant(shop, "reference", primary=True)
+        if facts.tx_status != c.TX_IDLE or facts.deferred_begin is not None or shop in lanes.primary:
+            return None
+        strategy = self._router(snapshot).strategy
+        if not strategy.verdict(shop, lambda s: self._eligible(s, snapshot, state)).tenant:
+            return None
+        return ToTenant(shop, "reference")
+
+    def _reference_writes(self, state: SessionRouting, facts: SessionFacts) -> None:
+        routed = state.last
+        reference = self.catalog.snapshot.reference
+        if routed is not None and reference.tables and any(
+                o.written and reference.label(o.table) is not None
+                for stmt in routed.statements for o in stmt.occurrences):
+            state.reference_dirty = True
+        if state.reference_dirty and facts.tx_status == c.TX_IDLE:
+            state.reference_dirty = False
+            state.reference_written_at = time.monotonic()
 
     # --- federated reads ---------------------------------------------------------------
     def _federation(self, snapshot: CatalogSnapshot, lanes: Lanes,

@@ -72,7 +72,8 @@ class RoutingRuntime:
     ) -> RoutingRuntime:
         tenancy = await TenancyService.open(config, need_key=True, pool_size=4)
         pools, unified_pools = _pool_managers(config, tenancy)
-        catalog = TenantCatalog(config.tenancy, interval=config.routing.catalog_refresh_ms / 1000)
+        catalog = TenantCatalog(config.tenancy, interval=config.routing.catalog_refresh_ms / 1000,
+                                reference_max_lag_s=config.dual_write.max_lag_ms / 1000)
         async with tenancy.pool.acquire() as conn:
             await catalog.refresh(conn)
         catalog.start(tenancy.pool)
@@ -168,6 +169,7 @@ class RoutingRuntime:
         self.pools.ban_ms = config.routing.fallback_ban_ms
         self.unified_pools.config = config.pools
         self.catalog.interval = config.routing.catalog_refresh_ms / 1000
+        self.catalog.reference_max_lag_s = config.dual_write.max_lag_ms / 1000
         self._apply_shadow(config)
 
     def _apply_shadow(self, config: Config) -> None:

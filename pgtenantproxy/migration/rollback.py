@@ -31,6 +31,7 @@ from pgtenantproxy.lifecycle.store import read_phase, transition
 from pgtenantproxy.migration.checkpoints import forget
 from pgtenantproxy.migration.cutover import CutoverContext, switch, switch_sessions
 from pgtenantproxy.migration.cutover_report import ALREADY, DONE, REFUSED, FenceResult
+from pgtenantproxy.migration.federation import unfederate_shop
 from pgtenantproxy.migration.restore import restore_shop
 from pgtenantproxy.migration.switch import SwitchPlan
 from pgtenantproxy.migration.tables import active_tables
@@ -66,6 +67,7 @@ async def rollback_shop(ctx: CutoverContext, shop: int) -> FenceResult:
         return await _reads_back(ctx, record)
     if target == ph.PROVISIONED:
         return await _copy_dropped(ctx, record)
+    await unfederate_shop(ctx.tenancy, shop)  # its foreign tables and reader login go with its database
     if not await ctx.tenancy.deprovision(shop):
         raise MigrationError(f"shop {shop}: nothing to deprovision")
     return FenceResult(shop, DONE, ph.UNIFIED, detail="its database and role were dropped")

@@ -12,7 +12,10 @@ dependency order:
 4. for the ranges whose checksums differ, ``{key: row hash}`` of those ranges
    on unified, the tenant and unified again (with a drain before the tenant
    read), classified key by key (:mod:`.keydiff`): settled, missing on the
-   tenant, extra on the tenant, changed, or in flight;
+   tenant, extra on the tenant, changed, or in flight. For a shop whose writes
+   land on its own database (cut over), the other way round: the tenant,
+   unified after its *reverse* mirror drained, the tenant again, so the app's
+   writes during a retirement's verification raise no false alarm;
 5. the keys not settled are read again the same way (by primary-key probes)
    up to ``verify_rechecks`` times, a short pause and a drain before each, so
    writes in flight during the first look do not raise false alarms.
@@ -39,12 +42,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
 
 from pgtenantproxy.config import Config, MigrationSection
+from pgtenantproxy.dualwrite.reverse import wait_reverse_drained
 from pgtenantproxy.dualwrite.sqlgen import TableInfo
 from pgtenantproxy.lifecycle import phases as ph
 from pgtenantproxy.lifecycle.audit import audit
@@ -55,6 +59,7 @@ from pgtenantproxy.migration.drain import mirror_health, wait_drained
 from pgtenantproxy.migration.fk_proofs import prove_foreign_keys
 from pgtenantproxy.migration.keydiff import classify, differing_ranges
 from pgtenantproxy.migration.keyranges import KeyRange
+from pgtenantproxy.migration.reverse_link import tenant_admin
 from pgtenantproxy.migration.tables import ordered_tables
 from pgtenantproxy.migration.verify_report import ShopVerification, TableVerification, VerificationReport
 from pgtenantproxy.tenancy.errors import TenancyError
@@ -139,10 +144,11 @@ class ShopVerifier:
         shop = ShopVerification(phase.shop_id, phase.phase)
         started = time.monotonic()
         try:
-            async with self.tenancy.pool.acquire() as conn, self._tenant(phase.shop_id) as tenant:
+            async with (self.tenancy.pool.acquire() as conn, self._tenant(phase.shop_id) as tenant,
+                        self._reverse(phase) as reverse):
                 await self._drain(conn, shop)
                 for table in self.tables:
-                    shop.tables.append(await self._table(conn, tenant, table, shop))
+                    shop.tables.append(await self._table(conn, tenant, table, shop, reverse))
                 health = await mirror_health(conn, phase.shop_id)
             shop.degraded, shop.degraded_reason, shop.dead_letters = (
                 health.degraded, health.reason, health.dead_letters)
@@ -173,6 +179,27 @@ class ShopVerifier:
         finally:
             await conn.close(timeout=2.0)
 
+    @asynccontextmanager
+    async def _reverse(self, phase: ph.ShopPhase) -> AsyncIterator[asyncpg.Connection | None]:
+        """For a shop whose writes land on its own database (cut over): an admin connection there, to wait
+        for its reverse mirror; None otherwise."""
+        if phase.effective not in ph.OWN_DATABASE:
+            yield None
+            return
+        admin = await tenant_admin(self.tenancy, phase.shop_id)
+        try:
+            yield admin
+        finally:
+            await admin.close(timeout=2.0)
+
+    async def _drain_reverse(self, admin: asyncpg.Connection, shop: ShopVerification) -> None:
+        timeout = self.section.drain_timeout_s if shop.drained else AFTER_TIMEOUT_S
+        if not await wait_reverse_drained(admin, shop.shop_id, timeout_s=timeout):
+            if shop.drained:
+                logger.warning("shop %s: the reverse mirror did not drain within %ss; comparing anyway",
+                               shop.shop_id, timeout)
+            shop.drained = False
+
     async def _drain(self, conn: asyncpg.Connection, shop: ShopVerification) -> None:
         timeout = self.section.drain_timeout_s if shop.drained else AFTER_TIMEOUT_S
         if not await wait_drained(conn, shop.shop_id, timeout_s=timeout):
@@ -182,7 +209,7 @@ class ShopVerifier:
             shop.drained = False
 
     async def _table(self, conn: asyncpg.Connection, tenant: asyncpg.Connection, table: TableInfo,
-                     shop: ShopVerification) -> TableVerification:
+                     shop: ShopVerification, reverse: asyncpg.Connection | None) -> TableVerification:
         out = TableVerification(table.label)
         try:
             async with cs.comparable(conn, repeatable=True):
@@ -199,15 +226,17 @@ class ShopVerifier:
                 out.differing_ranges.add(str(rng))
             verdicts: dict[str, str] = {}
             for at in range(0, len(differing), RANGES_PER_LOOK):
-                verdicts |= await self._look(conn, tenant, table, shop, differing[at:at + RANGES_PER_LOOK])
-            out.record(await self._recheck(conn, tenant, table, shop, verdicts, out))
+                verdicts |= await self._look(conn, tenant, table, shop, differing[at:at + RANGES_PER_LOOK],
+                                             reverse)
+            out.record(await self._recheck(conn, tenant, table, shop, verdicts, out, reverse))
         except asyncpg.PostgresError as exc:  # this table only (e.g. a column missing on the tenant)
             out.error = f"{table.label}: {type(exc).__name__}: {exc}"
         return out
 
     async def _look(self, conn: asyncpg.Connection, tenant: asyncpg.Connection, table: TableInfo,
-                    shop: ShopVerification, rngs: list[KeyRange]) -> dict[str, str]:
-        """Key verdicts of whole ranges: unified, (drain) tenant, unified again."""
+                    shop: ShopVerification, rngs: list[KeyRange],
+                    reverse: asyncpg.Connection | None) -> dict[str, str]:
+        """Key verdicts of whole ranges: the side the writes land on, (drain) the other, the first again."""
         async def unified() -> dict[str, int | None]:
             found: dict[str, int | None] = {}
             async with cs.comparable(conn):
@@ -215,16 +244,32 @@ class ShopVerifier:
                     found.update(await cs.range_hashes(conn, table, rng, shop.shop_id))
             return found
 
-        before = await unified()
-        await self._drain(conn, shop)
-        theirs: dict[str, int | None] = {}
-        for rng in rngs:
-            theirs.update(await cs.range_hashes(tenant, table, rng, None))
-        return classify(before, theirs, await unified())
+        async def tenants() -> dict[str, int | None]:
+            found: dict[str, int | None] = {}
+            for rng in rngs:
+                found.update(await cs.range_hashes(tenant, table, rng, None))
+            return found
+
+        return await self._three_reads(conn, shop, unified, tenants, reverse)
+
+    async def _three_reads(self, conn: asyncpg.Connection, shop: ShopVerification,
+                           unified: Callable[[], Awaitable[dict[str, int | None]]],
+                           tenants: Callable[[], Awaitable[dict[str, int | None]]],
+                           reverse: asyncpg.Connection | None) -> dict[str, str]:
+        """Before a cutover unified is the source: unified, (forward drain) tenant, unified again. After
+        it the shop's database is: tenant, (reverse drain) unified, tenant again. A key is settled when
+        the other side equals either look at the source."""
+        if reverse is None:
+            before = await unified()
+            await self._drain(conn, shop)
+            return classify(before, await tenants(), await unified())
+        before = await tenants()
+        await self._drain_reverse(reverse, shop)
+        return classify(before, await unified(), await tenants())
 
     async def _recheck(self, conn: asyncpg.Connection, tenant: asyncpg.Connection, table: TableInfo,
                        shop: ShopVerification, verdicts: dict[str, str],
-                       out: TableVerification) -> dict[str, str]:
+                       out: TableVerification, reverse: asyncpg.Connection | None) -> dict[str, str]:
         """The keys not settled, read again up to ``verify_rechecks`` times; the last verdicts."""
         for _ in range(self.section.verify_rechecks):
             if not verdicts:
@@ -232,13 +277,15 @@ class ShopVerifier:
             out.rechecks += 1
             await asyncio.sleep(RECHECK_PAUSE_S)
             keys = sorted(verdicts)
-            async with cs.comparable(conn):
-                before = await cs.key_hashes(conn, table, keys, shop.shop_id)
-            await self._drain(conn, shop)
-            theirs = await cs.key_hashes(tenant, table, keys, None)
-            async with cs.comparable(conn):
-                after = await cs.key_hashes(conn, table, keys, shop.shop_id)
-            verdicts = classify(before, theirs, after)
+
+            async def unified(keys: list[str] = keys) -> dict[str, int | None]:
+                async with cs.comparable(conn):
+                    return await cs.key_hashes(conn, table, keys, shop.shop_id)
+
+            async def tenants(keys: list[str] = keys) -> dict[str, int | None]:
+                return await cs.key_hashes(tenant, table, keys, None)
+
+            verdicts = await self._three_reads(conn, shop, unified, tenants, reverse)
         return verdicts
 
 

@@ -10,9 +10,10 @@ line; the load keeps running through all of them.
 
 Which shops: the first shop is rolled back (its writes return to unified, its
 reads stay on its database), the last one is retired and then restored, so
-the end-of-run verification still compares every shop; the load leaves the
-retired shop alone until it is restored (the proxy's routing does not send a
-``retired`` shop's queries to its database yet). The archive goes to
+the end-of-run verification still compares every shop; the load keeps reading
+and writing the retired shop (its statements run on its own database, as for
+any cut-over shop; reads that need it with other shops or global tables are
+federated) until its restore, which needs its writes quiet. The archive goes to
 ``[migration] archive_dir``, which the walkthrough's config points into the
 throwaway cluster's directory (:meth:`.cluster.Sandbox.config`).
 
@@ -91,10 +92,8 @@ async def retire(walk: Walk) -> str:
                        f"{len(dry.shops)} shops in tenant_primary would retire, {dry.rows:,} rows")
     walk.console.print(_retirement_table(dry))
     shop = walk.shops[-1]
-    walk.workload.leave(shop)
-    walk.console.print(f"the load leaves shop {shop} alone until it is restored: the proxy does not route a "
-                       "retired shop's queries to its database yet (its reads would find nothing in unified, "
-                       "its writes would be refused there)")
+    walk.console.print(f"the load keeps reading and writing shop {shop}: its statements run on its own "
+                       "database")
     if shop not in dry.with_status(WOULD_RETIRE):
         raise StepFailed(f"the dry run says shop {shop} cannot retire: {dry.to_json(indent=None)}")
     report = await retire_shops(walk.tenancy, [shop], config=walk.config, actor=ACTOR)
@@ -109,11 +108,14 @@ async def retire(walk: Walk) -> str:
 
 async def restore(walk: Walk) -> str:
     shop = walk.shops[-1]
+    walk.workload.leave(shop)  # a restore catches up and verifies against a quiet shop (docs/migration.md)
+    walk.console.print(f"the load leaves shop {shop} alone while it is restored")
     try:
         result = await restore_shop(walk.tenancy, shop, config=walk.config, actor=ACTOR)
     except MigrationError as exc:
         raise StepFailed(f"restore of shop {shop} refused: {exc}") from None
-    walk.workload.resume(shop)
+    finally:
+        walk.workload.resume(shop)
     return (f"shop {shop} restored from {result.archive}: {result.total_rows:,} rows loaded, "
             f"{result.caught_up} keys written since the retirement synced, verification "
             f"{result.verification}; back in phase tenant_primary, reverse mirroring resumed")

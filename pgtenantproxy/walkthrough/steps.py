@@ -30,6 +30,7 @@ from pgtenantproxy.migration.verify import verify_shops
 from pgtenantproxy.walkthrough.context import ACTOR, StepFailed, Walk
 from pgtenantproxy.walkthrough.figures import BackfillLines
 from pgtenantproxy.walkthrough.lifecycle import cutover, restore, retire, rollback_one
+from pgtenantproxy.walkthrough.reports import federated_reads
 
 Action = Callable[[Walk], Awaitable[str]]
 PHASE_TIMEOUT_S = 15.0
@@ -153,7 +154,13 @@ def walkthrough_steps() -> list[Step]:
         Step("retire", "Retirement: the legacy rows of a shop leave unified",
              "A dry run of every shop in tenant_primary (gate: reverse mirror drained, verification "
              "identical; nothing changes), then one shop is retired: its rows are archived per table with "
-             "checksums, then deleted from unified in one transaction.", retire, pause_s=2.0),
+             "checksums, then deleted from unified in one transaction. The load keeps using the shop.",
+             retire, pause_s=2.0),
+        Step("federated", "After retirement: reports over every shop stay whole",
+             "A report over all shops and a retired shop's join with a global table, through the proxy as "
+             "the app: reads that need several databases run on unified, reading cut-over and retired shops "
+             "through postgres_fdw foreign tables, so no answer silently loses rows.",
+             federated_reads, pause_s=1.0),
         Step("restore", "Restore: the retired shop's rows come back from the archive",
              "The archive is checked, loaded into unified in one transaction, what the shop wrote since is "
              "synced, and the shop is verified against its database before it returns to tenant_primary.",

@@ -16,7 +16,9 @@ the first few distinct failure messages (error texts from the server or the
 driver; they never contain credentials). A client whose connection breaks
 reconnects and carries on, so a failure is counted, never hidden.
 :meth:`Workload.leave` takes a shop out of the rotation for a while (the
-walkthrough's retirement step), :meth:`Workload.resume` puts it back.
+walkthrough's restore: a restore needs the shop's writes quiet while it
+catches up and verifies), :meth:`Workload.resume` puts it back; a retired
+shop stays in the rotation.
 """
 
 from __future__ import annotations
