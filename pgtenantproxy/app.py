@@ -39,6 +39,7 @@ from pgtenantproxy.metrics.recorder import QueryRecorder
 from pgtenantproxy.migration.federation import FederationKeeper
 from pgtenantproxy.migration.id_refill import IdBlockRefiller
 from pgtenantproxy.migration.keeper import PhaseKeeper
+from pgtenantproxy.migration.reference import ReferenceSync
 from pgtenantproxy.reload import ConfigReloader, ReloadStats
 from pgtenantproxy.server.listener import ProxyServer
 from pgtenantproxy.web import WebServer
@@ -107,12 +108,15 @@ class ProxyApp:
     def _start_keeper(self, runtime: RoutingRuntime, mirror: DualWriteService) -> None:
         """Automatic phase moves (one leader among the proxy instances); the leader keeps one connection
         of the mirror's pool (sized for its workers plus a few), not of the runtime's small one. While it
-        leads it also refills id blocks and keeps cut-over shops' foreign tables in step."""
+        leads it also refills id blocks, keeps cut-over shops' foreign tables in step and every shop's
+        reference copies current."""
         self.keeper = PhaseKeeper(mirror.tenancy.pool, mirror.status, runtime.dispatcher.selects,
                                   interval_s=self.config.migration.keeper_interval_ms / 1000,
                                   refiller=IdBlockRefiller(mirror.tenancy, lambda: self.config),
                                   jobs=[("federation refresh", FederationKeeper(mirror.tenancy,
-                                                                                lambda: self.config))])
+                                                                                lambda: self.config)),
+                                        ("reference sync", ReferenceSync(mirror.tenancy,
+                                                                         lambda: self.config))])
         self._keeper_task = asyncio.get_running_loop().create_task(self.keeper.run(), name="phase-keeper")
 
     async def _start_metrics(self) -> None:
@@ -129,7 +133,8 @@ class ProxyApp:
             runtime.dispatcher.metrics = self.recorder
             self.alerts = AlertChecker.from_config(config.metrics)
             self._alert_task = asyncio.get_running_loop().create_task(self._check_alerts(), name="alerts")
-            self.control = ControlGauges(runtime.tenancy.pool)
+            self.control = ControlGauges(runtime.tenancy.pool, reference_tables=lambda: [
+                r.table for r in self.config.tenancy.reference_tables])
             self.control.start()
         sources.recorder, sources.alerts, sources.control = self.recorder, self.alerts, self.control
         self.exporter = MetricsExporter(registry_for(sources), config.metrics.listen)

@@ -27,8 +27,8 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key at fault."""
 
 
-def _opt(default: Any, check: Check | None = None, *, restart: bool = False) -> Any:
-    return field(default=default, metadata={"check": check, "restart": restart})
+def _opt(default: Any, check: Check | None = None, *, restart: bool = False, required: bool = False) -> Any:
+    return field(default=default, metadata={"check": check, "restart": restart, "required": required})
 
 
 def _positive(value: Any) -> str | None:
@@ -145,6 +145,43 @@ class TenantServerSection:
         return os.environ.get(self.admin_password_env)
 
 
+def _table_label(value: Any) -> str | None:
+    schema, dot, name = value.rpartition(".")
+    if not name or (dot and (not schema or "." in schema)):
+        return 'must be a table name, "table" or "schema.table"'
+    return None
+
+
+def _column_list(value: Any) -> str | None:
+    if not value or any(not c for c in value) or len(set(value)) != len(value):
+        return "must be a non-empty list of distinct column names"
+    return None
+
+
+def _non_empty(value: Any) -> str | None:
+    return None if value else "must not be empty"
+
+
+def table_label(text: str) -> str:
+    """``schema.table`` for a table name as written in the config (bare: ``public``)."""
+    return text if "." in text else f"public.{text}"
+
+
+@dataclass(frozen=True)
+class ReferenceTable:
+    """One ``[[tenancy.reference_tables]]`` entry: a global table every shop database holds a read-only
+    copy of (see :mod:`pgtenantproxy.migration.reference`). ``table`` is normalised to ``schema.table``."""
+
+    table: str = _opt("", _table_label, required=True)
+    #: The columns the copies hold (nothing else is copied: deny by default); must include the primary key.
+    columns: tuple[str, ...] = _opt((), _column_list, required=True)
+    #: When set, each shop's copy holds only the rows whose column equals its shop id (a filtered copy).
+    shop_column: str | None = _opt(None, _non_empty)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", table_label(self.table))
+
+
 @dataclass(frozen=True)
 class TenancySection:
     tenant_column: str = _opt("shop_id")
@@ -161,6 +198,13 @@ class TenancySection:
     provision_concurrency: int = _opt(8, _positive)
     #: SQL listing every shop id for ``provision --all``; "auto" = distinct tenant_column values.
     shops_query: str = _opt("auto")
+    #: Global tables every shop database holds a read-only copy of (``[[tenancy.reference_tables]]``);
+    #: never tenant tables, also under ``tenant_tables = "auto"``.
+    reference_tables: tuple[ReferenceTable, ...] = _opt(())
+    #: A reference table with more rows than this on unified (filtered: its largest shop's) is refused.
+    reference_max_rows: int = _opt(100_000, _positive)
+    #: How often the phase keeper brings the reference copies up to date.
+    reference_sync_interval_s: float = _opt(0.5, _positive)
 
 
 IDENTIFY_SOURCES = ("startup", "set", "comment", "query")
@@ -481,9 +525,12 @@ def build_section(cls: type, name: str, table: Mapping[str, Any]) -> Any:
         if key not in fields:
             raise ConfigError(f"[{name}] {key}: unknown key (known: {', '.join(fields)})")
     values: dict[str, Any] = {}
+    for key, f in fields.items():
+        if f.metadata.get("required") and key not in table:
+            raise ConfigError(f"[{name}] {key}: required")
     for key, value in table.items():
         where = f"[{name}] {key}"
-        value = _coerce(value, hints[key], where)
+        value = _coerce(value, hints[key], where, nested=f"{name}.{key}")
         check = fields[key].metadata.get("check")
         if check is not None and value is not None:
             problem = check(value)
@@ -493,8 +540,9 @@ def build_section(cls: type, name: str, table: Mapping[str, Any]) -> Any:
     return cls(**values)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a TOML value against the field's annotation."""
+def _coerce(value: Any, hint: Any, where: str, *, nested: str = "") -> Any:
+    """Check a TOML value against the field's annotation (``nested``: the name of the tables of an array
+    of tables inside a section, ``tenancy.reference_tables``; its entries are named ``[nested.0]``)."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -513,6 +561,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         item = typing.get_args(hint)[0]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
+            if not all(isinstance(v, Mapping) for v in value):
+                raise ConfigError(f"{where}: expected an array of tables ([[{nested}]]), got {value!r}")
+            return tuple(build_section(item, f"{nested}.{i}", v) for i, v in enumerate(value))
         return tuple(_coerce(v, item, where) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
@@ -544,12 +596,31 @@ def _check_whole(config: Config) -> None:
             raise ConfigError(f"[proxy] {key}: file not found: {value}")
     if config.unified.sslmode in ("verify-ca", "verify-full") and not config.unified.sslrootcert:
         raise ConfigError("[unified] sslrootcert: required when sslmode is verify-ca or verify-full")
+    _check_reference_tables(config.tenancy)
     names: set[str] = set()
     for i, server in enumerate(config.tenant_servers):
         name = server.name or f"{server.host}:{server.port}"
         if name in names:
             raise ConfigError(f"[[tenant_servers]] {i} name: duplicate tenant server {name!r}")
         names.add(name)
+
+
+def _check_reference_tables(tenancy: TenancySection) -> None:
+    seen: set[str] = set()
+    tenant = set() if tenancy.tenant_tables == "auto" else {table_label(t) for t in tenancy.tenant_tables}
+    for i, ref in enumerate(tenancy.reference_tables):
+        where = f"[tenancy.reference_tables.{i}]"
+        if ref.table in seen:
+            raise ConfigError(f"{where} table: {ref.table} is listed twice in reference_tables")
+        seen.add(ref.table)
+        if ref.table in tenant:
+            raise ConfigError(
+                f"{where} table: {ref.table} is also listed in [tenancy] tenant_tables; a table is either a "
+                "tenant table (its rows belong to shops and move to their databases) or a reference table "
+                "(every shop database holds a read-only copy), not both")
+        if ref.shop_column is not None and ref.shop_column not in ref.columns:
+            raise ConfigError(f"{where} shop_column: must be one of its columns ({', '.join(ref.columns)}), "
+                              f"got {ref.shop_column!r}")
 
 
 def restart_keys(old: Config, new: Config) -> list[str]:

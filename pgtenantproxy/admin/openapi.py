@@ -83,6 +83,9 @@ def _schemas() -> dict[str, Any]:
                              "description": "copied/total rows, done/tables tables"},
                 "writes_held": {"type": "boolean",
                                 "description": "a cutover or rollback holds the shop's writes right now"},
+                "reference_lag_seconds": {"type": ["number", "null"],
+                                          "description": "age of the oldest change of a reference table not "
+                                                         "yet in the shop's copies (null: no usable copies)"},
             },
         },
         "Status": {

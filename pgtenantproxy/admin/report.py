@@ -9,7 +9,8 @@ shop applies the routing rule to that shared state: the effective strategy
 eligibility = phase ``mirroring`` or later (:mod:`pgtenantproxy.lifecycle.phases`),
 not degraded, and (while capture is on) mirror lag under ``[dual_write]
 max_lag_ms``. Each shop also shows its phase and, while it is being copied,
-its backfill progress. A session's own read-your-writes
+its backfill progress and, when ``[[tenancy.reference_tables]]`` are configured, the lag of its
+reference copies (None: the shop has no usable copies). A session's own read-your-writes
 wait is per session and not shown.
 """
 
@@ -25,6 +26,7 @@ import asyncpg
 from pgtenantproxy.config import Config
 from pgtenantproxy.dispatch.routing_state import EffectiveStrategy, effective, effective_routing, read_state
 from pgtenantproxy.lifecycle import phases as ph
+from pgtenantproxy.lifecycle.reference import reference_lag
 from pgtenantproxy.lifecycle.store import read_phases
 from pgtenantproxy.migration.checkpoints import ShopProgress, shop_progress
 from pgtenantproxy.routing import Strategy
@@ -57,6 +59,9 @@ class ShopStatus:
     backfill: str | None = None
     #: A cutover or rollback holds the shop's writes right now.
     writes_held: bool = False
+    #: Age of the oldest change of a reference table not yet in its copies (None: no usable copies, or no
+    #: reference tables configured).
+    reference_lag_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ async def gather_status(conn: asyncpg.Connection, config: Config) -> StatusRepor
     provisions = {int(r["shop_id"]): r for r in await conn.fetch(_PROVISIONS)}
     phases = await read_phases(conn)
     backfills = {shop: _progress(p) for shop, p in (await shop_progress(conn)).items()}
+    references = await reference_lag(conn, [r.table for r in config.tenancy.reference_tables])
     overrides: dict[int, bool] = {}
     if await conn.fetchval(_EXISTS, "pgtenantproxy.read_overrides"):
         overrides = {int(r["shop_id"]): bool(r["active"]) for r in await conn.fetch(_OVERRIDES)}
@@ -122,6 +128,7 @@ async def gather_status(conn: asyncpg.Connection, config: Config) -> StatusRepor
             "tenant" if verdict.tenant else "unified", verdict.reason, override,
             queue, round(lag, 3), dead.get(shop, 0), shop in degraded,
             record.phase, record.reason, backfills.get(shop), record.holding,
+            None if shop not in references else round(references[shop], 3),
         ))
     return StatusReport(effective(config, state), capture, shops)
 

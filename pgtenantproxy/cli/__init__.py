@@ -21,6 +21,7 @@ from pgtenantproxy.cli import (
     dualwrite,
     phase,
     reads,
+    reference,
     restore,
     retire,
     serve,
@@ -30,7 +31,8 @@ from pgtenantproxy.cli import (
 )
 from pgtenantproxy.cli.common import CommandError
 
-COMMANDS = (serve, demo, tenancy, reads, dualwrite, backfill, verify, cutover, phase, retire, restore, status)
+COMMANDS = (serve, demo, tenancy, reads, dualwrite, backfill, verify, cutover, phase, retire, restore,
+            reference, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ Reads the control schema of the unified database named by the config (no
 encryption key needed): the strategy set through the admin API when there
 is one, else the config file's ``[routing]``; per shop its tenant server,
 migration phase, where its reads go and why, its override, mirror queue,
-lag, dead letters and backfill progress. The same report as ``GET
+lag, dead letters, backfill progress and, with reference tables configured,
+the lag of its reference copies ("none": no usable copies). The same report as ``GET
 /api/superadmin/migration/status``. ``--json`` prints that JSON.
 """
 
@@ -64,17 +65,20 @@ def _print(report: StatusReport, console: Console) -> None:
     capture = report.capture_tables
     console.print("write capture: " + ("never set up" if capture is None else
                                        f"on ({capture} tables)" if capture else "off"))
+    references = any(shop.reference_lag_seconds is not None for shop in report.shops)
     table = Table("shop", "server", "phase", "reads", "why", "override", "queued", "lag s", "dead letters",
-                  "backfill")
+                  "backfill", *(["reference lag s"] if references else []))
     for shop in report.shops:
         phase = shop.phase if shop.phase not in ("degraded", "failed") else f"[red]{shop.phase}[/red]"
         if shop.writes_held:
             phase += " [yellow](writes held)[/yellow]"
+        ref_lag = "none" if shop.reference_lag_seconds is None else f"{shop.reference_lag_seconds:.1f}"
         table.add_row(
             str(shop.shop_id), shop.server or "", phase,
             "[green]tenant[/green]" if shop.reads == "tenant" else "unified", shop.reason,
             shop.override or "", str(shop.mirror_queue), f"{shop.mirror_lag_seconds:.1f}",
             f"[red]{shop.dead_letters}[/red]" if shop.dead_letters else "0", shop.backfill or "",
+            *([ref_lag] if references else []),
         )
     console.print(table)
     summary = report.as_dict()["summary"]

@@ -308,14 +308,17 @@ class Dispatcher:
         if not reference.tables or unit.pinned or not unit.complete:
             return None
         pinned = facts.pinned_shop
-        shop = local_shop(routed.pairs(items), routed.identifications, reference, snapshot.tenant_tables,
-                          shadowed, shop=pinned)
+        pairs = routed.pairs(items)
+        shop = local_shop(pairs, routed.identifications, reference, snapshot.tenant_tables, shadowed,
+                          shop=pinned, strict=False)
         if shop is None or shop not in reference.current or state.reference_written_at >= reference.read_at:
             return None
         if pinned is not None or (facts.tx_status == c.TX_IDLE and shop in lanes.primary):
             return ToTenant(shop, "reference", primary=True)
         if facts.tx_status != c.TX_IDLE or facts.deferred_begin is not None or shop in lanes.primary:
             return None
+        if local_shop(pairs, routed.identifications, reference, snapshot.tenant_tables, shadowed) != shop:
+            return None  # a strategy-routed read: the read rule of any tenant read
         strategy = self._router(snapshot).strategy
         if not strategy.verdict(shop, lambda s: self._eligible(s, snapshot, state)).tenant:
             return None

@@ -72,8 +72,10 @@ class RoutingRuntime:
     ) -> RoutingRuntime:
         tenancy = await TenancyService.open(config, need_key=True, pool_size=4)
         pools, unified_pools = _pool_managers(config, tenancy)
+        references = {t.table: t.shop_column for t in config.tenancy.reference_tables}
         catalog = TenantCatalog(config.tenancy, interval=config.routing.catalog_refresh_ms / 1000,
-                                reference_max_lag_s=config.dual_write.max_lag_ms / 1000)
+                                reference_max_lag_s=config.dual_write.max_lag_ms / 1000,
+                                reference_tables=references)
         async with tenancy.pool.acquire() as conn:
             await catalog.refresh(conn)
         catalog.start(tenancy.pool)

@@ -43,6 +43,9 @@ TRIGGER_TRUNCATE = "pgtenantproxy_reference_truncate"
 TRIGGERS = (TRIGGER_ROW, TRIGGER_UPDATE, TRIGGER_TRUNCATE)
 #: Advisory lock namespace, taken on a shop's own database (second int 0): one sync of its copies at a time.
 REFERENCE_LOCK = 0x5047545C
+#: Advisory lock namespace on unified (second int 0): held shared by every sync round, exclusive to prune
+#: the change log.
+PRUNE_LOCK = 0x5047545E
 
 #: Per shop having a state row for every one of ``$1`` (distinct labels): the age of its oldest pending
 #: change (one index probe per shop and table: ``reference_changes (tbl, id)``).

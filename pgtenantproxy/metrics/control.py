@@ -1,19 +1,25 @@
-"""Gauges read from the control schema: dead letters, degraded shops, capture.
+"""Gauges read from the control schema: dead letters, degraded shops, capture, reference copies' lag.
 
 They describe shared state (every proxy instance and mirror worker sees the
 same tables), so each instance reads them itself, every ``interval``
 seconds, on the control-plane pool. Before write mirroring was ever set up
 the tables do not exist: :attr:`ControlGauges.available` stays false and
-nothing is exported. A failed poll keeps the last values.
+nothing is exported. The reference copies' lag per shop
+(:func:`~pgtenantproxy.lifecycle.reference.reference_lag` of the tables that
+``reference_tables`` returns) is read only while reference tables are
+configured (else it is None). A failed poll keeps the last values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+
+from pgtenantproxy.lifecycle.reference import reference_lag as read_reference_lag
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +39,16 @@ class ControlGauges:
     dead_letters: int = 0
     degraded_shops: int = 0
     capture_tables: int = 0
+    #: The configured reference tables (labels), read at every poll.
+    reference_tables: Callable[[], Sequence[str]] | None = None
+    #: shop -> lag of its reference copies (shops with usable copies); None: no reference tables.
+    reference_lag: dict[int, float] | None = None
     _task: asyncio.Task[None] | None = None
 
     async def poll(self) -> None:
         async with self.pool.acquire() as conn:
+            tables = self.reference_tables() if self.reference_tables is not None else ()
+            self.reference_lag = await read_reference_lag(conn, tables) if tables else None
             if not await conn.fetchval(EXISTS_SQL):
                 self.available = False
                 return

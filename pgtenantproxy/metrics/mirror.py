@@ -6,7 +6,9 @@ and lag per shop from its status poller), and :class:`.control.ControlGauges`
 (dead letters and degraded shops, read from the control schema, so every
 proxy instance reports them whether or not it runs a worker). The per-shop
 lag series is bounded: the ``limit`` most lagging shops get their own
-series; ``pgtenantproxy_mirror_max_lag_seconds`` covers them all.
+series; ``pgtenantproxy_mirror_max_lag_seconds`` covers them all. The
+reference copies' lag (``pgtenantproxy_reference_lag_seconds{shop}``, also
+from :class:`.control.ControlGauges`) is bounded the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ def mirror_metrics(stats: MirrorStats | None, control: ControlGauges | None, lim
                     control.degraded_shops)
         yield gauge("mirror_capture_tables", "Tenant tables with write capture installed.",
                     control.capture_tables)
+    if control is not None and control.reference_lag is not None:
+        yield from _reference(control.reference_lag, limit)
+
+
+def _reference(lags: dict[int, float], limit: int) -> Iterator[Metric]:
+    yield gauge("reference_max_lag_seconds", "Age of the oldest change of a reference table not yet in a "
+                "shop's copy (all shops with copies).", max(lags.values(), default=0.0))
+    yield gauge("reference_copies_shops", "Shops holding a copy of every reference table.", len(lags))
+    lag = gauge("reference_lag_seconds", "Age of the oldest change of a reference table not yet in the "
+                "shop's copies (the most lagging shops; shops without copies are not listed).",
+                labels=["shop"])
+    for shop, seconds in sorted(sorted(lags.items(), key=lambda kv: -kv[1])[:limit]):
+        lag.add_metric([str(shop)], seconds)
+    yield lag
 
 
 def _worker(stats: MirrorStats, limit: int) -> Iterator[Metric]:

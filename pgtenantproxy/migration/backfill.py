@@ -11,6 +11,10 @@ then waits for its mirror to drain what was written meanwhile
 ``mirroring`` (the proxy's phase keeper does the same by itself; whoever comes
 second finds it done).
 
+A shop that was copied also gets its reference copies filled
+(:func:`.reference.sync_shop_references`; a failure there is logged and noted, it does not fail the
+backfill: the phase keeper keeps trying).
+
 Audit log (``migration_log``, action ``backfill``): ``started``, ``done`` (rows,
 bytes, seconds) or ``failed`` (reason) per shop, besides the phase moves.
 """
@@ -51,6 +55,7 @@ from pgtenantproxy.migration.backfill_shop import (
 )
 from pgtenantproxy.migration.drain import wait_drained
 from pgtenantproxy.migration.progress import ESTIMATE, SHOP_DONE, ProgressEvent, ProgressFeed, Subscriber
+from pgtenantproxy.migration.reference import sync_shop_references
 from pgtenantproxy.migration.throttle import TokenBucket
 from pgtenantproxy.sqltext import ident
 from pgtenantproxy.tenancy.errors import describe
@@ -147,7 +152,21 @@ async def _backfill_locked(
     await audit(ctx.pool, shop_id=shop_id, action=ACTION, step="copy", status="done", detail=detail,
                 actor=ctx.actor)
     logger.info("shop %s backfilled: %s", shop_id, detail)
-    return ShopResult(shop_id, BACKFILLED, copied.rows, copied.bytes, copied.tables, seconds)
+    return ShopResult(shop_id, BACKFILLED, copied.rows, copied.bytes, copied.tables, seconds,
+                      await _fill_references(ctx, shop_id))
+
+
+async def _fill_references(ctx: BackfillContext, shop_id: int) -> str | None:
+    """The shop's reference copies filled now; a note when that failed (None when all went well)."""
+    if not ctx.config.tenancy.reference_tables:
+        return None
+    try:
+        errors = (await sync_shop_references(ctx.tenancy, shop_id, config=ctx.config)).errors()
+    except Exception as exc:
+        errors = [describe(exc)]
+    for error in errors:
+        logger.warning("shop %s: reference copies not filled: %s", shop_id, error)
+    return f"reference copies not filled: {errors[0]}" if errors else None
 
 
 async def _fail(ctx: BackfillContext, shop_id: int, version: int, reason: str) -> None:

@@ -26,6 +26,9 @@ carries on. Both sides read under the same text-form settings
 role, with credentials from the encrypted registry (as the mirror writes).
 Each shop's outcome goes to the audit log (action ``verify``).
 
+Each shop's reference copies (``[[tenancy.reference_tables]]``) are compared too, listed with its
+tables (:mod:`.reference_verify`: counts and checksums of the listed columns, the differing keys).
+
 Once per run, after the shops, the foreign keys between tenant tables are
 proved on unified (:mod:`.fk_proofs`: rows that reference another shop's row,
 with sample keys) and recorded; the report lists them. A cross-shop reference
@@ -59,6 +62,7 @@ from pgtenantproxy.migration.drain import mirror_health, wait_drained
 from pgtenantproxy.migration.fk_proofs import prove_foreign_keys
 from pgtenantproxy.migration.keydiff import classify, differing_ranges
 from pgtenantproxy.migration.keyranges import KeyRange
+from pgtenantproxy.migration.reference_verify import CopyVerifier
 from pgtenantproxy.migration.reverse_link import tenant_admin
 from pgtenantproxy.migration.tables import ordered_tables
 from pgtenantproxy.migration.verify_report import ShopVerification, TableVerification, VerificationReport
@@ -96,7 +100,8 @@ async def verify_shops(
     async with tenancy.pool.acquire() as conn:
         selected = select_shops(await read_phases(conn), shops)
         tables = await ordered_tables(conn, purpose="verify")
-    verifier = ShopVerifier(tenancy, tables, config.migration, actor=actor)
+    verifier = ShopVerifier(tenancy, tables, config.migration, actor=actor,
+                            copies=await CopyVerifier.load(tenancy, config))
     slots = asyncio.Semaphore(config.migration.jobs)
 
     async def one(phase: ph.ShopPhase) -> ShopVerification:
@@ -134,10 +139,11 @@ class ShopVerifier:
     """Verifies one shop at a time (safe to share between concurrent shops: it holds no per-shop state)."""
 
     def __init__(self, tenancy: TenancyService, tables: list[TableInfo], section: MigrationSection,
-                 *, actor: str | None = None) -> None:
+                 *, actor: str | None = None, copies: CopyVerifier | None = None) -> None:
         self.tenancy = tenancy
         self.tables = tables
         self.section = section
+        self.copies = copies
         self.actor = actor
 
     async def verify(self, phase: ph.ShopPhase) -> ShopVerification:
@@ -149,6 +155,8 @@ class ShopVerifier:
                 await self._drain(conn, shop)
                 for table in self.tables:
                     shop.tables.append(await self._table(conn, tenant, table, shop, reverse))
+                if self.copies is not None:
+                    shop.tables += await self.copies.verify(conn, tenant, phase.shop_id)
                 health = await mirror_health(conn, phase.shop_id)
             shop.degraded, shop.degraded_reason, shop.dead_letters = (
                 health.degraded, health.reason, health.dead_letters)

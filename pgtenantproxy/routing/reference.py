@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pgtenantproxy.routing.decision import statement_obstacle
 from pgtenantproxy.routing.identify import BoundParams, Identification, resolve_all
 from pgtenantproxy.routing.model import StatementAnalysis
+from pgtenantproxy.routing.primary import statement_movable
 from pgtenantproxy.routing.tables import DEFAULT_SCHEMA, is_tenant_table
 
 
@@ -56,18 +57,22 @@ def local_shop(
     shadowed: Set[str] = frozenset(),
     *,
     shop: int | None = None,
+    strict: bool = True,
 ) -> int | None:
     """The shop whose database may run these statements with its reference copies (``shop``: the one
-    it must be, a transaction's), or None. Only units that read a reference table qualify."""
-    if not facts.tables:
-        return None
+    it must be, a transaction's), or None. Only units that read a reference table qualify.
+
+    ``strict``: the read rule of strategy-routed reads (the function allow-list of reads); else the
+    rule of a cut-over shop's units (:func:`~pgtenantproxy.routing.primary.statement_movable`)."""
+    if not facts.tables or not any(facts.label(o.table) for stmt, _ in statements for o in stmt.occurrences):
+        return None  # the common case: no reference table read, nothing to decide here
     local = set(tenant_tables) | set(facts.tables)
     named: set[int] = set() if shop is None else {shop}
     uses = False
     for (stmt, params), ident in zip(statements, idents, strict=True):
         if stmt.kind == "transaction":
             continue
-        if statement_obstacle(stmt, local, shadowed) is not None:
+        if not _readable(stmt, local, shadowed, strict):
             return None
         references = [(o, label) for o in stmt.occurrences
                       if not ("." not in o.table and o.table in shadowed) and (label := facts.label(o.table))]
@@ -89,3 +94,11 @@ def local_shop(
     if not uses or len(named) != 1:
         return None
     return next(iter(named))
+
+
+def _readable(stmt: StatementAnalysis, local: Set[str], shadowed: Set[str], strict: bool) -> bool:
+    if strict:
+        return statement_obstacle(stmt, local, shadowed) is None
+    return (stmt.kind == "select" and not stmt.has_write and not stmt.has_locking and statement_movable(stmt)
+            and all(is_tenant_table(o.table, local) and not ("." not in o.table and o.table in shadowed)
+                    for o in stmt.occurrences))

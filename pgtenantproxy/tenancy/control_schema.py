@@ -288,6 +288,53 @@ MIGRATIONS: tuple[ControlMigration, ...] = (
             CHECK (kind IN ('global', 'cross_shop', 'unplaced', 'refused'));
         """,
     ),
+    ControlMigration(
+        7,
+        "reference tables: the change log of the global tables shops hold copies of, each copy's state",
+        """
+        CREATE TABLE pgtenantproxy.reference_changes (
+            id          bigserial PRIMARY KEY,
+            tbl         text NOT NULL,
+            key         jsonb,
+            changed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        CREATE INDEX reference_changes_tbl ON pgtenantproxy.reference_changes (tbl, id);
+        CREATE TABLE pgtenantproxy.reference_state (
+            shop_id     bigint NOT NULL,
+            tbl         text NOT NULL,
+            applied_id  bigint NOT NULL,
+            applied_at  timestamptz NOT NULL,
+            rows        bigint NOT NULL,
+            signature   text NOT NULL DEFAULT '',
+            PRIMARY KEY (shop_id, tbl)
+        );
+        CREATE FUNCTION pgtenantproxy.capture_reference() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+        DECLARE
+            old_key jsonb;
+            new_key jsonb;
+        BEGIN
+            -- TG_ARGV: the table's label, its definition's signature, then its key columns in order.
+            IF TG_LEVEL = 'STATEMENT' THEN
+                INSERT INTO pgtenantproxy.reference_changes (tbl, key) VALUES (TG_ARGV[0], NULL);
+                RETURN NULL;
+            END IF;
+            IF TG_OP <> 'INSERT' THEN
+                SELECT jsonb_agg(r.v -> k.col ORDER BY k.ord) INTO old_key
+                FROM (SELECT to_jsonb(OLD) AS v) AS r, unnest(TG_ARGV[2:]) WITH ORDINALITY AS k(col, ord);
+                INSERT INTO pgtenantproxy.reference_changes (tbl, key) VALUES (TG_ARGV[0], old_key);
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                SELECT jsonb_agg(r.v -> k.col ORDER BY k.ord) INTO new_key
+                FROM (SELECT to_jsonb(NEW) AS v) AS r, unnest(TG_ARGV[2:]) WITH ORDINALITY AS k(col, ord);
+                IF new_key IS DISTINCT FROM old_key THEN
+                    INSERT INTO pgtenantproxy.reference_changes (tbl, key) VALUES (TG_ARGV[0], new_key);
+                END IF;
+            END IF;
+            RETURN NULL;
+        END $$;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,7 +1,8 @@
 """Reading the unified tenant tables from the catalog into a :class:`CloneSpec`.
 
 Tenant tables are the tables that have the tenant column (``[tenancy]
-tenant_tables = "auto"``) or the listed ones. The catalog is read in one
+tenant_tables = "auto"``) or the listed ones; a reference table (``[[tenancy.reference_tables]]``:
+shop databases hold a read-only copy of it) is never one, also under ``auto``. The catalog is read in one
 REPEATABLE READ transaction with ``search_path = pg_catalog``, so every name
 that ``format_type``/``pg_get_expr``/``pg_get_constraintdef``/``pg_get_indexdef``
 print is schema-qualified. What is reproduced: column order, types (enums and
@@ -50,6 +51,7 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $1 AND a.attnum > 0 AND NOT a.attisdropped
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname <> ALL($2::text[]) AND n.nspname NOT LIKE 'pg\\_%'
+  AND n.nspname || '.' || c.relname <> ALL($3::text[])
 ORDER BY n.nspname, c.relname
 """
 _NAMED_TABLE = """
@@ -158,14 +160,18 @@ async def discover_tenant_tables(conn: asyncpg.Connection, tenancy: TenancySecti
 
 async def _table_rows(conn: asyncpg.Connection, tenancy: TenancySection) -> list[asyncpg.Record]:
     column = tenancy.tenant_column
+    references = [r.table for r in tenancy.reference_tables]
     if tenancy.tenant_tables == "auto":
-        rows = list(await conn.fetch(_AUTO_TABLES, column, list(SYSTEM_SCHEMAS)))
+        rows = list(await conn.fetch(_AUTO_TABLES, column, list(SYSTEM_SCHEMAS), references))
         if not rows:
             raise CloneError(f"no table in the unified database has a column {column!r}")
         return rows
     rows = []
     for text in tenancy.tenant_tables:
         name = QualifiedName.parse(text)
+        if str(name) in references:
+            raise CloneError(f"[tenancy] tenant_tables: {name} is a reference table "
+                             "([[tenancy.reference_tables]])")
         row = await conn.fetchrow(_NAMED_TABLE, name.schema, name.name, column)
         if row is None:
             raise CloneError(f"[tenancy] tenant_tables: table {name} does not exist in the unified database")

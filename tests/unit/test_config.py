@@ -20,6 +20,7 @@ from pgtenantproxy.config import (
     SECTIONS,
     Config,
     ConfigError,
+    ReferenceTable,
     load_config,
     parse_config,
     parse_listen,
@@ -312,3 +313,85 @@ def test_federation_section() -> None:
     assert refused({"federation": {"refresh_interval_s": "5s"}}) == (
         "[federation] refresh_interval_s: expected a number, got '5s'")
     assert refused({"federation": {"max_shops": 3}}).startswith("[federation] max_shops: unknown key")
+
+
+REFERENCE_TOML = """
+[tenancy]
+reference_max_rows = 500
+reference_sync_interval_s = 2
+[[tenancy.reference_tables]]
+table = "device_models"
+columns = ["id", "brand_id", "model"]
+[[tenancy.reference_tables]]
+table = "app.users"
+columns = ["id", "shop_id", "name", "role"]
+shop_column = "shop_id"
+"""
+
+
+def test_reference_tables_parse(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(REFERENCE_TOML)
+    tenancy = load_config(path).tenancy
+    assert tenancy.reference_tables == (
+        ReferenceTable("public.device_models", ("id", "brand_id", "model"), None),
+        ReferenceTable("app.users", ("id", "shop_id", "name", "role"), "shop_id"),
+    )
+    assert (tenancy.reference_max_rows, tenancy.reference_sync_interval_s) == (500, 2.0)
+    defaults = parse({}).tenancy
+    assert (defaults.reference_tables, defaults.reference_max_rows, defaults.reference_sync_interval_s) == (
+        (), 100_000, 0.5)
+
+
+def _reference(**entry: Any) -> dict[str, Any]:
+    return {"tenancy": {"reference_tables": [{"table": "t", "columns": ["id"], **entry}]}}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"tenancy": {"reference_tables": [{"columns": ["id"]}]}},
+         "[tenancy.reference_tables.0] table: required"),
+        ({"tenancy": {"reference_tables": [{"table": "t"}]}},
+         "[tenancy.reference_tables.0] columns: required"),
+        (_reference(columns=[]), "[tenancy.reference_tables.0] columns: must be a non-empty list"),
+        (_reference(columns=["id", "id"]),
+         "[tenancy.reference_tables.0] columns: must be a non-empty list of distinct column names"),
+        (_reference(columns="id"), "[tenancy.reference_tables.0] columns: expected a list, got 'id'"),
+        (_reference(table="a.b.c"), '[tenancy.reference_tables.0] table: must be a table name, "table" or '
+                                    '"schema.table"'),
+        (_reference(table=".t"), "[tenancy.reference_tables.0] table: must be a table name"),
+        (_reference(shop_column="shop_id"), "[tenancy.reference_tables.0] shop_column: must be one of its "
+                                            "columns (id), got 'shop_id'"),
+        (_reference(shop_column=""), "[tenancy.reference_tables.0] shop_column: must not be empty"),
+        (_reference(filter="x"), "[tenancy.reference_tables.0] filter: unknown key (known: table, columns, "
+                                 "shop_column)"),
+        ({"tenancy": {"reference_tables": ["t"]}}, "[tenancy] reference_tables: expected an array of tables "
+                                                   "([[tenancy.reference_tables]])"),
+        ({"tenancy": {"reference_tables": [{"table": "t", "columns": ["id"]},
+                                           {"table": "public.t", "columns": ["id"]}]}},
+         "[tenancy.reference_tables.1] table: public.t is listed twice in reference_tables"),
+        ({"tenancy": {"reference_max_rows": 0}},
+         "[tenancy] reference_max_rows: must be greater than 0, got 0"),
+        ({"tenancy": {"reference_sync_interval_s": 0}},
+         "[tenancy] reference_sync_interval_s: must be greater than 0, got 0"),
+    ],
+)
+def test_reference_table_errors_name_the_key(data: dict[str, Any], expected: str) -> None:
+    assert refused(data).startswith(expected)
+
+
+@pytest.mark.parametrize("listed", ["t", "public.t"])
+def test_a_table_is_not_both_tenant_and_reference(listed: str) -> None:
+    message = refused({"tenancy": {"tenant_tables": ["repairs", listed],
+                                   "reference_tables": [{"table": "public.t", "columns": ["id"]}]}})
+    assert message.startswith("[tenancy.reference_tables.0] table: public.t is also listed in [tenancy] "
+                              "tenant_tables")
+    auto = parse({"tenancy": {"reference_tables": [{"table": "public.t", "columns": ["id"]}]}})
+    assert auto.tenancy.tenant_tables == "auto"  # under auto, discovery leaves reference tables out
+
+
+def test_reference_tables_reload_without_restart() -> None:
+    old = parse({})
+    new = parse(_reference())
+    assert restart_keys(old, new) == []

@@ -50,8 +50,8 @@ def arms(sql: str) -> list[str]:
 
 
 def test_every_reference_reads_unified_and_each_moved_shop() -> None:
-    out = federate("SELECT r.id, s.name FROM repairs r JOIN shops s ON s.id = r.shop_id", {0: sources()}, FACTS,
-                   TABLES)
+    sql = "SELECT r.id, s.name FROM repairs r JOIN shops s ON s.id = r.shop_id"
+    out = federate(sql, {0: sources()}, FACTS, TABLES)
     assert arms(out) == ["repairs", "fdw_16.public.repairs", "fdw_17.public.repairs", "shops"]
     assert '"shop_id" IS NULL OR "shop_id" NOT IN (16, 17)' in out  # unified's copies never counted
     assert out.endswith(") r JOIN shops s ON s.id = r.shop_id")
@@ -99,7 +99,8 @@ def test_subqueries_ctes_and_exists_are_rewritten() -> None:
 
 
 def test_global_and_shadowed_tables_are_left_alone() -> None:
-    out = federate("SELECT * FROM shops, repairs", {0: sources()}, FACTS, TABLES, shadowed=frozenset({"repairs"}))
+    shadowed = frozenset({"repairs"})
+    out = federate("SELECT * FROM shops, repairs", {0: sources()}, FACTS, TABLES, shadowed=shadowed)
     assert out == "SELECT * FROM shops, repairs"
 
 

@@ -23,14 +23,15 @@ def shop_of(*sqls: str, params: BoundParams | None = None, shop: int | None = No
 def test_a_shops_join_with_a_whole_reference_table() -> None:
     assert shop_of("SELECT r.id, m.model FROM repairs r JOIN device_models m ON m.id = r.model_id "
                    "WHERE r.shop_id = 5") == 5
-    assert shop_of("SELECT r.id FROM repairs r WHERE r.shop_id = $1 AND EXISTS (SELECT 1 FROM device_models m "
-                   "WHERE m.id = r.model_id)", params=BoundParams((b"6",))) == 6
+    assert shop_of("SELECT r.id FROM repairs r WHERE r.shop_id = $1 AND EXISTS (SELECT 1 "
+                   "FROM device_models m WHERE m.id = r.model_id)", params=BoundParams((b"6",))) == 6
 
 
 def test_a_filtered_copy_needs_its_occurrence_pinned_to_the_shop() -> None:
-    assert shop_of("SELECT r.id, u.name FROM repairs r JOIN users u ON u.shop_id = r.shop_id AND u.id = r.tech "
-                   "WHERE r.shop_id = 5") == 5
-    assert shop_of("SELECT r.id, u.name FROM repairs r JOIN users u ON u.id = r.tech WHERE r.shop_id = 5") is None
+    assert shop_of("SELECT r.id, u.name FROM repairs r JOIN users u ON u.shop_id = r.shop_id "
+                   "AND u.id = r.tech WHERE r.shop_id = 5") == 5
+    assert shop_of("SELECT r.id, u.name FROM repairs r JOIN users u ON u.id = r.tech "
+                   "WHERE r.shop_id = 5") is None
     assert shop_of("SELECT name FROM users WHERE shop_id = 5 AND role = 'owner'") == 5
 
 
