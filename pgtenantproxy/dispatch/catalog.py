@@ -107,6 +107,9 @@ class TenantCatalog:
     reference_max_lag_s: float = 1.0
     #: The reference tables: label -> the copies' shop column (``[[tenancy.reference_tables]]``).
     reference_tables: dict[str, str | None] = field(default_factory=dict)
+    #: The newest epoch this proxy may acknowledge, given the newest it has seen (the dispatcher holds it
+    #: back while writes decided under an older one are in flight).
+    acknowledgeable: Callable[[int], int] = field(default=lambda epoch: epoch)
 
     async def refresh(self, conn: asyncpg.Connection) -> CatalogSnapshot:
         tables = frozenset(str(t) for t in await discover_tenant_tables(conn, self.tenancy))
@@ -129,7 +132,7 @@ class TenantCatalog:
             new = dataclasses.replace(new, version=old.version + 1)
         self.snapshot = new
         self.refreshes += 1
-        await heartbeat(conn, self.instance_id, epoch)
+        await heartbeat(conn, self.instance_id, self.acknowledgeable(epoch))
         if changed:
             for listener in self.on_change:
                 try:

@@ -168,6 +168,10 @@ class Dispatcher:
         self.keys: KeyDirectory | None = None
         #: Federated reads (set by the runtime; None: reads that need moved shops are refused).
         self.federator: Federator | None = None
+        #: Writes sent to unified and not completed yet, by the epoch they were decided under.
+        self._in_flight: Counter[int] = Counter()
+        self._in_flight_since: dict[int, float] = {}
+        self._ack_held = False
 
     def use_router(self, router: Router) -> None:
         """Swap in a new routing core (config reload, API strategy change): atomic for the loop."""
@@ -250,13 +254,17 @@ class Dispatcher:
             return ToTenant(route.shop_id, route.reason, route.source, kind, table)
         self._before_unified(state, routed, items, snapshot)
         reason = "pinned" if route.tenant else route.reason
-        return ToUnified(route.shop_id, reason, route.source, kind, table, note=note)
+        # while shops may be cut over, a write sent to unified is tracked until it completes (acknowledged)
+        epoch = snapshot.epoch if lanes.active and not all(s.read_only for s in routed.statements) else 0
+        return ToUnified(route.shop_id, reason, route.source, kind, table, note=note, epoch=epoch)
 
     def completed(
         self, unit: Unit, facts: SessionFacts, decision: Decision, outcome: str, seconds: float
     ) -> None:
         state = self._state(facts)
         self.stats.outcomes[(decision.target, outcome)] += 1
+        if decision.epoch and isinstance(decision, ToUnified):
+            self._landed(decision.epoch)
         if self.metrics is not None:
             self.metrics.record(unit, facts, decision, outcome, seconds)
         if decision.note is not None or state.trace is not None:
@@ -297,6 +305,32 @@ class Dispatcher:
                     hold_s=directory.timeout + 1.0,
                     wake=lambda callback: done.add_done_callback(lambda _f: callback()),
                     timeout_error=timeout)
+
+    # --- acknowledging a new epoch --------------------------------------------------------
+    def acknowledgeable(self, epoch: int) -> int:
+        """The newest epoch this proxy may acknowledge: below ``epoch`` while a write decided under an older
+        one is still in flight to unified (a cutover's hold is acknowledged only once no such write can
+        reach the shop's write fence after it: it would be cancelled there)."""
+        now = time.monotonic()
+        for stale in [e for e, since in self._in_flight_since.items() if now - since > IN_FLIGHT_MAX_S]:
+            self._in_flight.pop(stale, None)  # a session that ended with answers owed, or a long statement:
+            self._in_flight_since.pop(stale, None)  # not waited for (the fence's own rules apply to it)
+        older = [e for e, n in self._in_flight.items() if n > 0 and e < epoch]
+        self._ack_held = bool(older)
+        return min(older) if older else epoch
+
+    def _landed(self, epoch: int) -> None:
+        if epoch not in self._in_flight:
+            return  # dropped as stale meanwhile
+        left = self._in_flight[epoch] - 1
+        if left > 0:
+            self._in_flight[epoch] = left
+            return
+        self._in_flight.pop(epoch, None)
+        self._in_flight_since.pop(epoch, None)
+        if self._ack_held:
+            self._ack_held = False
+            self.catalog.wake()  # acknowledge now, not at the next refresh
 
     # --- reference tables ----------------------------------------------------------------
     def _reference_local(self, unit: Unit, facts: SessionFacts, state: SessionRouting, routed: RoutedUnit,
@@ -456,6 +490,9 @@ class Dispatcher:
         self.stats.decisions[(decision.target, decision.reason)] += 1
         if decision.source:
             self.stats.sources[decision.source] += 1
+        if decision.epoch and isinstance(decision, ToUnified):
+            self._in_flight[decision.epoch] += 1
+            self._in_flight_since[decision.epoch] = time.monotonic()  # its latest write
         note = decision.note
         if isinstance(note, RefusedNote):  # the readiness of retirement: refused while cut over
             self.conflicts.tally.refused(note.shops, note.fingerprint, note.texts)
@@ -503,6 +540,8 @@ class Dispatcher:
 
 
 _KINDS = frozenset({"select", "insert", "update", "delete"})
+#: Writes in flight longer than this do not hold back the acknowledgement of a newer epoch.
+IN_FLIGHT_MAX_S = 5.0
 #: Refusals that the shop's cutover brought (recorded: they would be refused once it is retired too).
 _RECORDED_REFUSALS = frozenset({"refused", "unplaced", "federation_refused"})
 

@@ -93,6 +93,7 @@ class RoutingRuntime:
             fallback_enabled=config.routing.enable_fallback,
         )
         dispatcher.hold_timeout = config.routing.write_hold_timeout_ms / 1000
+        catalog.acknowledgeable = dispatcher.acknowledgeable
         dispatcher.conflicts.start(tenancy.pool)
         dispatcher.keys = await _key_directory(config, tenancy)
         dispatcher.federator = Federator(max_shops=config.federation.max_shops_per_query,

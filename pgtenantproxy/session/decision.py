@@ -63,6 +63,9 @@ class Decision:
     table: str = ""
     #: What the router wants back in ``completed`` (the readiness recorder's note); opaque here.
     note: object | None = None
+    #: The catalog epoch a unified write was decided under (0: not tracked): a proxy acknowledges a
+    #: newer epoch only once such units of older epochs have completed.
+    epoch: int = 0
 
     target: ClassVar[Target]
 

@@ -69,7 +69,10 @@ class Sandbox:
             "unified": {"host": self.unified.host, "port": self.unified.port, "database": APP_DB,
                         "sslmode": "disable", "admin_user": self.unified.superuser,
                         "admin_password_env": ENV["unified"]},
-            "tenancy": {"encryption_key_env": ENV["key"], "shops_query": "SELECT id FROM shops ORDER BY id"},
+            "tenancy": {"encryption_key_env": ENV["key"], "shops_query": "SELECT id FROM shops ORDER BY id",
+                        # a copy in every shop database: a shop's join with it runs there
+                        "reference_tables": [{"table": "public.device_models",
+                                              "columns": ["id", "brand", "model"]}]},
             "tenant_servers": [{"name": TENANT_SERVER, "host": self.tenant.host, "port": self.tenant.port,
                                 "admin_user": self.tenant.superuser, "admin_password_env": ENV["tenant"],
                                 "sslmode": "disable"}],

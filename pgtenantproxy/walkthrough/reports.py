@@ -10,7 +10,9 @@ step runs, through the proxy as the application:
   the same count asked shop by shop (each of those runs on the shop's own
   database);
 * one page of the retired shop's repairs joined with the global table
-  ``device_models``.
+  ``device_models`` (a reference table in the walkthrough: answered by the
+  shop's own database from its copy while the copy is current, else
+  federated).
 
 It returns its outcome or raises :class:`~.context.StepFailed` when an
 answer is missing rows.
@@ -61,5 +63,5 @@ async def _reports(walk: Walk, conn: asyncpg.Connection) -> str:
     if not page:
         raise StepFailed(f"shop {retired}'s repairs joined with device_models came back empty")
     return (f"after retirement a report over {len(shops)} shops ({sum(report.values()):,} repairs) matches "
-            f"every shop's own count, and shop {retired}'s repairs join the global device_models: reads "
-            "that need several databases run on unified through postgres_fdw")
+            f"every shop's own count (federated: unified reads the cut-over and retired shops through "
+            f"postgres_fdw), and shop {retired}'s repairs join the global device_models (its reference copy)")

@@ -82,8 +82,9 @@ def test_walkthrough_walks_every_phase_and_ends_with_every_shop_identical() -> N
     assert "done: shop 4 restored from" in out and "verification identical" in out
     end = out[out.index("The end:"):]
     assert "mirror drained" in end and "reverse mirror drained" in end
-    assert len(re.findall(r"│ reads_on_tenant │ 3 +│ [\d,]+ +│ [\d,]+ +│ identical │", end)) == 1, end
-    assert len(re.findall(r"│ tenant_primary +│ 3 +│ [\d,]+ +│ [\d,]+ +│ identical │", end)) == 3, end
+    # 3 tenant tables and the shop's copy of the reference table device_models
+    assert len(re.findall(r"│ reads_on_tenant │ 4 +│ [\d,]+ +│ [\d,]+ +│ identical │", end)) == 1, end
+    assert len(re.findall(r"│ tenant_primary +│ 4 +│ [\d,]+ +│ [\d,]+ +│ identical │", end)) == 3, end
     assert "Every shop verified identical" in end and "0 failed queries." in end
     totals = re.search(r"totals: [\d,]+ queries .*?, (\d+) failed; shop reads: ([\d,]+) on unified, "
                        r"([\d,]+) on tenant", end, re.DOTALL)

@@ -119,7 +119,10 @@ class DriverBed:
             "proxy": {"listen": "127.0.0.1:0", "shutdown_timeout_ms": 2000},
             "unified": {"host": u.host, "port": u.port, "database": APP_DB, "sslmode": "disable",
                         "admin_user": u.superuser, "admin_password_env": ENV["unified"]},
-            "tenancy": {"encryption_key_env": ENV["key"], "shops_query": "SELECT id FROM shops ORDER BY id"},
+            "tenancy": {"encryption_key_env": ENV["key"], "shops_query": "SELECT id FROM shops ORDER BY id",
+                        # a shop's join with device_models runs on its own database, from its copy
+                        "reference_tables": [{"table": "public.device_models",
+                                              "columns": ["id", "brand", "model"]}]},
             "tenant_servers": [{"name": TENANT_SERVER, "host": t.host, "port": t.port,
                                 "admin_user": t.superuser, "admin_password_env": ENV["tenant"],
                                 "sslmode": "disable"}],

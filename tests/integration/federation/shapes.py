@@ -228,8 +228,14 @@ SHAPES: tuple[Shape, ...] = (
         q("SELECT shop_id, count(*) FROM repairs WHERE shop_id IN (1, 2) GROUP BY shop_id ORDER BY shop_id"),
     ), isolation="repeatable read",
         allowed_refusal="a read needing other databases inside REPEATABLE READ"),
+    # device_models is a reference table in this bed: the shop's database answers from its copy, so even
+    # REPEATABLE READ needs one database only
     Shape("tx_repeatable_read_single_primary_shop_join_device_models", (
         q("""SELECT r.id, d.model FROM repairs r JOIN device_models d ON d.id = r.device_model_id
+             WHERE r.shop_id = $1 ORDER BY r.id""", 4),
+    ), isolation="repeatable read"),
+    Shape("tx_repeatable_read_single_primary_shop_join_shops", (
+        q("""SELECT r.id, s.name FROM repairs r JOIN shops s ON s.id = r.shop_id
              WHERE r.shop_id = $1 ORDER BY r.id""", 4),
     ), isolation="repeatable read",
         allowed_refusal="a read needing other databases (shop 4's and unified's) inside REPEATABLE READ"),
