@@ -43,6 +43,8 @@ class Walk:
     console: Console
     shops: tuple[int, ...]
     fast: bool = False
+    #: Rows per table of the sample as loaded (a fresh load: its serial ids run from 1 to these).
+    sample: dict[str, int] = field(default_factory=dict)
     figures: FigureTaker = field(init=False)
 
     def __post_init__(self) -> None:

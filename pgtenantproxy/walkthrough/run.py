@@ -113,7 +113,7 @@ async def _main(sandbox: Sandbox, options: Options, console: Console) -> int:
         app = ProxyApp(config, mirror=mirror, watch_config=False)
         try:
             await app.start()
-            return await _walk(sandbox, options, console, app, mirror)
+            return await _walk(sandbox, options, console, app, mirror, counts)
         finally:
             await app.stop(2.0)
     finally:
@@ -132,7 +132,7 @@ def _terminate_on_sigterm() -> None:
 
 
 async def _walk(sandbox: Sandbox, options: Options, console: Console, app: ProxyApp,
-                mirror: DualWriteService) -> int:
+                mirror: DualWriteService, sample: dict[str, int]) -> int:
     host, port = app.server.sockets_addresses[0][:2]
     passfile = _write_passfile(sandbox, port)
     console.print(f"The proxy listens on {host}:{port}. To look around meanwhile:\n"
@@ -141,7 +141,8 @@ async def _walk(sandbox: Sandbox, options: Options, console: Console, app: Proxy
     workload = Workload(sandbox.app_connect_kwargs(port), sandbox.shops)
     await workload.start()
     try:
-        walk = Walk(app.config, app, mirror, workload, console, sandbox.shops, fast=options.fast)
+        walk = Walk(app.config, app, mirror, workload, console, sandbox.shops, fast=options.fast,
+                    sample=sample)
         steps = walkthrough_steps()
         try:
             for n, step in enumerate(steps, 1):
