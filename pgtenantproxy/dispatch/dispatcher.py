@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from pgtenantproxy.dispatch.catalog import CatalogSnapshot, TenantCatalog
 from pgtenantproxy.dispatch.conflicts import ConflictRecorder
 from pgtenantproxy.dispatch.federation import Federated, Federator, NotFederated, federatable, touches_tenant
+from pgtenantproxy.dispatch.in_flight import InFlightWrites
 from pgtenantproxy.dispatch.items import unit_items
 from pgtenantproxy.dispatch.key_directory import KeyDirectory, KeyScope
 from pgtenantproxy.dispatch.shadow import ShadowReader, ShadowResult
@@ -169,9 +170,7 @@ class Dispatcher:
         #: Federated reads (set by the runtime; None: reads that need moved shops are refused).
         self.federator: Federator | None = None
         #: Writes sent to unified and not completed yet, by the epoch they were decided under.
-        self._in_flight: Counter[int] = Counter()
-        self._in_flight_since: dict[int, float] = {}
-        self._ack_held = False
+        self.in_flight = InFlightWrites(catalog.wake)
 
     def use_router(self, router: Router) -> None:
         """Swap in a new routing core (config reload, API strategy change): atomic for the loop."""
@@ -264,7 +263,7 @@ class Dispatcher:
         state = self._state(facts)
         self.stats.outcomes[(decision.target, outcome)] += 1
         if decision.epoch and isinstance(decision, ToUnified):
-            self._landed(decision.epoch)
+            self.in_flight.landed(decision.epoch)
         if self.metrics is not None:
             self.metrics.record(unit, facts, decision, outcome, seconds)
         if decision.note is not None or state.trace is not None:
@@ -306,31 +305,9 @@ class Dispatcher:
                     wake=lambda callback: done.add_done_callback(lambda _f: callback()),
                     timeout_error=timeout)
 
-    # --- acknowledging a new epoch --------------------------------------------------------
     def acknowledgeable(self, epoch: int) -> int:
-        """The newest epoch this proxy may acknowledge: below ``epoch`` while a write decided under an older
-        one is still in flight to unified (a cutover's hold is acknowledged only once no such write can
-        reach the shop's write fence after it: it would be cancelled there)."""
-        now = time.monotonic()
-        for stale in [e for e, since in self._in_flight_since.items() if now - since > IN_FLIGHT_MAX_S]:
-            self._in_flight.pop(stale, None)  # a session that ended with answers owed, or a long statement:
-            self._in_flight_since.pop(stale, None)  # not waited for (the fence's own rules apply to it)
-        older = [e for e, n in self._in_flight.items() if n > 0 and e < epoch]
-        self._ack_held = bool(older)
-        return min(older) if older else epoch
-
-    def _landed(self, epoch: int) -> None:
-        if epoch not in self._in_flight:
-            return  # dropped as stale meanwhile
-        left = self._in_flight[epoch] - 1
-        if left > 0:
-            self._in_flight[epoch] = left
-            return
-        self._in_flight.pop(epoch, None)
-        self._in_flight_since.pop(epoch, None)
-        if self._ack_held:
-            self._ack_held = False
-            self.catalog.wake()  # acknowledge now, not at the next refresh
+        """The newest epoch this proxy may acknowledge (:mod:`.in_flight`)."""
+        return self.in_flight.acknowledgeable(epoch)
 
     # --- reference tables ----------------------------------------------------------------
     def _reference_local(self, unit: Unit, facts: SessionFacts, state: SessionRouting, routed: RoutedUnit,
@@ -491,8 +468,7 @@ class Dispatcher:
         if decision.source:
             self.stats.sources[decision.source] += 1
         if decision.epoch and isinstance(decision, ToUnified):
-            self._in_flight[decision.epoch] += 1
-            self._in_flight_since[decision.epoch] = time.monotonic()  # its latest write
+            self.in_flight.sent(decision.epoch)
         note = decision.note
         if isinstance(note, RefusedNote):  # the readiness of retirement: refused while cut over
             self.conflicts.tally.refused(note.shops, note.fingerprint, note.texts)
@@ -540,8 +516,6 @@ class Dispatcher:
 
 
 _KINDS = frozenset({"select", "insert", "update", "delete"})
-#: Writes in flight longer than this do not hold back the acknowledgement of a newer epoch.
-IN_FLIGHT_MAX_S = 5.0
 #: Refusals that the shop's cutover brought (recorded: they would be refused once it is retired too).
 _RECORDED_REFUSALS = frozenset({"refused", "unplaced", "federation_refused"})
 

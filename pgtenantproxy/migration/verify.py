@@ -201,19 +201,19 @@ class ShopVerifier:
             await admin.close(timeout=2.0)
 
     async def _drain_reverse(self, admin: asyncpg.Connection, shop: ShopVerification) -> None:
-        timeout = self.section.drain_timeout_s if shop.drained else AFTER_TIMEOUT_S
-        if not await wait_reverse_drained(admin, shop.shop_id, timeout_s=timeout):
-            if shop.drained:
-                logger.warning("shop %s: the reverse mirror did not drain within %ss; comparing anyway",
-                               shop.shop_id, timeout)
-            shop.drained = False
+        await self._wait(wait_reverse_drained, admin, shop, "reverse mirror")
 
     async def _drain(self, conn: asyncpg.Connection, shop: ShopVerification) -> None:
+        await self._wait(wait_drained, conn, shop, "mirror")
+
+    async def _wait(self, drained: Callable[..., Awaitable[bool]], conn: asyncpg.Connection,
+                    shop: ShopVerification, what: str) -> None:
+        """Wait for a mirror to drain (the full timeout once; after one timed out, briefly)."""
         timeout = self.section.drain_timeout_s if shop.drained else AFTER_TIMEOUT_S
-        if not await wait_drained(conn, shop.shop_id, timeout_s=timeout):
+        if not await drained(conn, shop.shop_id, timeout_s=timeout):
             if shop.drained:
-                logger.warning("shop %s: the mirror did not drain within %ss; comparing anyway",
-                               shop.shop_id, timeout)
+                logger.warning("shop %s: the %s did not drain within %ss; comparing anyway",
+                               shop.shop_id, what, timeout)
             shop.drained = False
 
     async def _table(self, conn: asyncpg.Connection, tenant: asyncpg.Connection, table: TableInfo,
