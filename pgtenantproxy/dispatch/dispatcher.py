@@ -281,13 +281,15 @@ class Dispatcher:
 
     # --- routing by key -----------------------------------------------------------------
     def _key_scope(self, snapshot: CatalogSnapshot, lanes: Lanes) -> KeyScope | None:
-        """Keys are looked up once some shop owns its rows (tenant_primary, retired); consistent
-        foreign keys spread pins always."""
+        """Keys are looked up once some shop owns its rows (tenant_primary, retired) or a cutover holds
+        one (a write by key of the held shop must wait, not reach its fence); consistent foreign keys
+        spread pins always."""
         directory = self.keys
         facts = snapshot.keys
-        if directory is None or not (facts.foreign_keys or (lanes.primary and facts.key_columns)):
+        lookups = bool(lanes.primary or lanes.holding)
+        if directory is None or not (facts.foreign_keys or (lookups and facts.key_columns)):
             return None
-        return directory.scope(facts, lookups=bool(lanes.primary))
+        return directory.scope(facts, lookups=lookups)
 
     def _key_wait(self, keys: KeyScope, snapshot: CatalogSnapshot, lanes: Lanes, kind: str,
                   table: str) -> Decision:

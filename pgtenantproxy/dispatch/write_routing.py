@@ -139,6 +139,11 @@ def write_decision(
         shop = touch.single
         if shop is not None and shop in lanes.holding and not touch.quiet:
             return Hold(shop, "held", kind=kind, table=table, held=held(shop), hold_s=hold_s)
+        if shop is None and lanes.holding and touch.writes and (touch.unknown or touch.shops & lanes.holding):
+            # a write that may touch a held shop (its shop unknown, or several shops): waiting is safe,
+            # reaching the shop's fence during the cutover would get it cancelled there
+            first = min(lanes.holding)
+            return Hold(first, "held", kind=kind, table=table, held=held(first), hold_s=hold_s)
         if shop is not None and shop in lanes.primary:
             return ToTenant(shop, "tenant_primary", kind=kind, table=table, primary=True)
     if lanes.primary:
