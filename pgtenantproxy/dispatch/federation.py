@@ -34,7 +34,7 @@ from pgtenantproxy.routing.federation import (
     needs_federation,
 )
 from pgtenantproxy.routing.model import StatementAnalysis
-from pgtenantproxy.routing.tables import is_tenant_table
+from pgtenantproxy.routing.tables import is_shadowed, is_tenant_table
 from pgtenantproxy.session.decision import Refusal
 from pgtenantproxy.sqltext import ident
 
@@ -147,4 +147,4 @@ def federatable(stmt: StatementAnalysis) -> bool:
 
 
 def touches_tenant(tables: tuple[str, ...], tenant_tables: Set[str], shadowed: Set[str]) -> bool:
-    return any(is_tenant_table(t, tenant_tables) and not ("." not in t and t in shadowed) for t in tables)
+    return any(is_tenant_table(t, tenant_tables) and not is_shadowed(t, shadowed) for t in tables)

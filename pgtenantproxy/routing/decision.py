@@ -29,7 +29,7 @@ from pgtenantproxy.routing import functions
 from pgtenantproxy.routing.identify import BoundParams, Identification, resolve
 from pgtenantproxy.routing.model import StatementAnalysis
 from pgtenantproxy.routing.strategy import Verdict
-from pgtenantproxy.routing.tables import is_tenant_table
+from pgtenantproxy.routing.tables import is_shadowed, is_tenant_table
 
 TX_IDLE = ord("I")
 
@@ -73,7 +73,7 @@ def statement_obstacle(
     if not stmt.occurrences:
         return "no_tenant_table"
     for occ in stmt.occurrences:
-        if "." not in occ.table and occ.table in shadowed:
+        if is_shadowed(occ.table, shadowed):
             return "temp_table"
         if not is_tenant_table(occ.table, tenant_tables):
             return "global_table"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pgtenantproxy.routing import functions
 from pgtenantproxy.routing.identify import Identification
 from pgtenantproxy.routing.model import StatementAnalysis
-from pgtenantproxy.routing.tables import is_tenant_table
+from pgtenantproxy.routing.tables import is_shadowed, is_tenant_table
 
 #: Functions outside the read allow-list a movable statement may still call.
 MOVABLE_FUNCTIONS = frozenset(
@@ -106,7 +106,7 @@ def touch(
         transactional = transactional or stmt.kind == "transaction" or stmt.has_locking
         tenant = False
         for occ in stmt.occurrences:
-            shadows = "." not in occ.table and occ.table in shadowed
+            shadows = is_shadowed(occ.table, shadowed)
             if shadows or not is_tenant_table(occ.table, tenant_tables):
                 global_tables = True
             else:

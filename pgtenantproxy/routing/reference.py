@@ -26,7 +26,7 @@ from pgtenantproxy.routing.decision import statement_obstacle
 from pgtenantproxy.routing.identify import BoundParams, Identification, resolve_all
 from pgtenantproxy.routing.model import StatementAnalysis
 from pgtenantproxy.routing.primary import statement_movable
-from pgtenantproxy.routing.tables import DEFAULT_SCHEMA, is_tenant_table
+from pgtenantproxy.routing.tables import DEFAULT_SCHEMA, is_shadowed, is_tenant_table
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def local_shop(
         if not _readable(stmt, local, shadowed, strict):
             return None
         references = [(o, label) for o in stmt.occurrences
-                      if not ("." not in o.table and o.table in shadowed) and (label := facts.label(o.table))]
+                      if not is_shadowed(o.table, shadowed) and (label := facts.label(o.table))]
         uses = uses or bool(references)
         if any(is_tenant_table(o.table, tenant_tables) for o in stmt.occurrences):
             if ident.shop_id is None:
@@ -100,5 +100,5 @@ def _readable(stmt: StatementAnalysis, local: Set[str], shadowed: Set[str], stri
     if strict:
         return statement_obstacle(stmt, local, shadowed) is None
     return (stmt.kind == "select" and not stmt.has_write and not stmt.has_locking and statement_movable(stmt)
-            and all(is_tenant_table(o.table, local) and not ("." not in o.table and o.table in shadowed)
+            and all(is_tenant_table(o.table, local) and not is_shadowed(o.table, shadowed)
                     for o in stmt.occurrences))

@@ -22,3 +22,9 @@ def is_tenant_table(name: str, tenant_tables: Set[str]) -> bool:
     if not dot:
         return f"{DEFAULT_SCHEMA}.{name}" in tenant_tables
     return schema == DEFAULT_SCHEMA and bare in tenant_tables
+
+
+def is_shadowed(name: str, shadowed: Set[str]) -> bool:
+    """Does an unqualified ``name`` refer to one of the session's temporary tables that shadow a tenant
+    table (``pg_temp`` comes first in the search_path)?"""
+    return "." not in name and name in shadowed
